@@ -1,0 +1,33 @@
+# nli-service: `make run` serves, `make test` tests. Both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run dev test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install everything
+
+run: $(STAMP) ## production server: Gunicorn with gunicorn.conf.py (NLI_* settings)
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+dev: $(STAMP) ## development server: python app.py
+	$(BIN)/python app.py
+
+test: $(STAMP) ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

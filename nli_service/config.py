@@ -1,0 +1,174 @@
+"""All settings of the service, read from environment variables in one place.
+
+Every setting has a documented default; an invalid value stops start-up with a
+one-line :class:`ConfigError` that names the variable. This module imports
+nothing heavy (no torch, no Flask, no prometheus_client) so that
+``gunicorn.conf.py`` can read it before anything else is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+DEFAULT_MODEL = "cross-encoder/nli-distilroberta-base"
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _optional_positive_int(raw: str) -> int | None:
+    return None if raw.strip().lower() in ("", "auto") else _positive_int(raw)
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port between 0 and 65535")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _device(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", value):
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(metadata={"env": env, "default": default, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; build it with :meth:`from_env`."""
+
+    model: str = _setting("NLI_MODEL", DEFAULT_MODEL, _non_empty, "Hugging Face hub id or local model directory")
+    device: str = _setting("NLI_DEVICE", "auto", _device, "auto / cpu / cuda / cuda:N")
+    dtype: str = _setting(
+        "NLI_DTYPE",
+        "auto",
+        _choice("auto", "float32", "float16", "bfloat16"),
+        "auto (float32 on CPU, float16 on GPU) / float32 / float16 / bfloat16",
+    )
+    batch_size: int = _setting("NLI_BATCH_SIZE", "8", _positive_int, "pairs per forward pass")
+    max_batch_tokens: int = _setting(
+        "NLI_MAX_BATCH_TOKENS", "8192", _positive_int, "padded tokens per forward pass (caps long-text batches)"
+    )
+    max_length: int | None = _setting(
+        "NLI_MAX_LENGTH", "auto", _optional_positive_int, "tokens per pair (auto: the model's limit, at most 512)"
+    )
+    max_pairs: int = _setting("NLI_MAX_PAIRS", "256", _positive_int, "most pairs in one batch request (more: 413)")
+    max_body_bytes: int = _setting(
+        "NLI_MAX_BODY_BYTES", str(1024 * 1024), _positive_int, "largest request body in bytes (more: 413)"
+    )
+    request_timeout: float = _setting(
+        "NLI_REQUEST_TIMEOUT", "30", _positive_float, "seconds a request may take (more: 408)"
+    )
+    offline: bool = _setting(
+        "NLI_OFFLINE", "false", _boolean, "never contact the hub (also implied by HF_HUB_OFFLINE=1)"
+    )
+    hub_timeout: float = _setting(
+        "NLI_HUB_TIMEOUT", "5", _positive_float, "seconds to wait for the hub before giving up on a download"
+    )
+    log_dir: str = _setting("NLI_LOG_DIR", "logs", _non_empty, "directory of nli_service.log")
+    log_level: str = _setting("NLI_LOG_LEVEL", "INFO", _log_level, "DEBUG / INFO / WARNING / ERROR")
+    log_inputs: bool = _setting(
+        "NLI_LOG_INPUTS", "false", _boolean, "log premise and hypothesis texts (off: only counts)"
+    )
+    metrics_port: int = _setting("NLI_METRICS_PORT", "8000", _port, "Prometheus side port; 0 disables it")
+    host: str = _setting("NLI_HOST", "0.0.0.0", _non_empty, "address to listen on")
+    port: int = _setting("NLI_PORT", "5000", _port, "HTTP port")
+    workers: int = _setting("NLI_WORKERS", "4", _positive_int, "Gunicorn worker processes")
+    worker_class: str = _setting(
+        "NLI_WORKER_CLASS", "sync", _choice("sync", "gthread"), "Gunicorn worker class (sync: SIGALRM timeouts)"
+    )
+    threads: int = _setting("NLI_THREADS", "1", _positive_int, "threads per worker with NLI_WORKER_CLASS=gthread")
+    torch_threads: int | None = _setting(
+        "NLI_TORCH_THREADS", "auto", _optional_positive_int, "torch threads per worker (auto: cores // workers)"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default: ``os.environ``)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            env, default, parse = spec.metadata["env"], spec.metadata["default"], spec.metadata["parse"]
+            raw = str(environ.get(env, default))
+            try:
+                values[spec.name] = parse(raw)
+            except ValueError as error:
+                raise ConfigError(f"{env}={raw!r} is invalid: {error}") from None
+        if _boolean(environ.get("HF_HUB_OFFLINE", "0") or "0"):
+            values["offline"] = True
+        return cls(**values)
+
+    def torch_threads_for(self, workers: int) -> int:
+        """Intra-op threads per process, so that workers x threads <= cores."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // workers)
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for docs and ``--help``."""
+    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]

@@ -1,0 +1,66 @@
+"""The one error-handling layer: every failure becomes ``{"error", "status"}`` JSON.
+
+Validation errors raise :class:`ApiError`; Werkzeug's HTTP errors (404, 405,
+413, 415, ...) keep their status and headers (``Allow`` on 405); a deadline
+miss is 408; anything else is a 500 with a generic message, logged in full.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from nli_service import metrics
+from nli_service.deadline import RequestTimedOut
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A client error with a status code and a message safe to show."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": message, "status": status}
+    if "request_id" in g:
+        body["request_id"] = g.request_id
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _api_error(error: ApiError) -> Response:
+    return error_response(error.message, error.status)
+
+
+def _http_error(error: HTTPException) -> Response:
+    original = error.get_response()
+    kept = {name: value for name, value in original.headers.items() if name in ("Allow", "Retry-After")}
+    return error_response(error.description or error.name, error.code or 500, kept)
+
+
+def _timed_out(error: RequestTimedOut) -> Response:
+    metrics.REQUEST_TIMEOUTS.inc()
+    log.warning("request timed out", extra={"timeout_seconds": error.seconds})
+    return error_response(f"{error}; send fewer or shorter pairs, or raise NLI_REQUEST_TIMEOUT", 408)
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled error", exc_info=error)
+    return error_response("internal server error; the request id identifies the full report in the logs", 500)
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers."""
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RequestTimedOut, _timed_out)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,97 @@
+"""What ``gunicorn.conf.py`` needs: settings, the metrics directory, server hooks.
+
+Imports of torch and prometheus_client stay inside the hooks: the metrics
+directory must be in the environment before prometheus_client is first imported,
+and the master must never run inference before it forks its workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from nli_service.config import ConfigError, Settings
+from nli_service.startup import exit_on_startup_error
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_metrics_dir_prepared = False
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as error:
+        exit_on_startup_error(str(error))
+
+
+def prepare_metrics_dir() -> str:
+    """Point prometheus_client at an empty per-server directory (once per master).
+
+    A directory given in PROMETHEUS_MULTIPROC_DIR is emptied at start so old
+    counts are not added in; otherwise a fresh one is made and removed at exit.
+    Runs again on a config reload (SIGHUP) without wiping the live counts.
+    """
+    global _metrics_dir_prepared
+    if _metrics_dir_prepared:
+        return os.environ[MULTIPROC_ENV]
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        shutil.rmtree(given, ignore_errors=True)
+        os.makedirs(given)
+    else:
+        made = tempfile.mkdtemp(prefix="nli-metrics-")
+        os.environ[MULTIPROC_ENV] = made
+        master_pid = os.getpid()
+        atexit.register(lambda: os.getpid() == master_pid and shutil.rmtree(made, ignore_errors=True))
+    _metrics_dir_prepared = True
+    return os.environ[MULTIPROC_ENV]
+
+
+def can_preload(settings: Settings) -> bool:
+    """Preload (share weights copy-on-write) on CPU; CUDA must not start before fork."""
+    return not settings.device.startswith("cuda") and not (settings.device == "auto" and _cuda_present())
+
+
+def _cuda_present() -> bool:
+    return os.path.exists("/dev/nvidia0")
+
+
+def worker_timeout(settings: Settings) -> int:
+    """Gunicorn kills a silent worker after this: the request deadline plus one chunk's worth."""
+    return math.ceil(settings.request_timeout) + 30
+
+
+def graceful_timeout(settings: Settings) -> int:
+    """On SIGTERM, in-flight requests get their whole deadline to finish."""
+    return math.ceil(settings.request_timeout) + 5
+
+
+# -- server hooks (names as Gunicorn expects them) -------------------------------------
+
+
+def when_ready(server: Any) -> None:
+    """In the master, once listening: serve the summed metrics of all workers."""
+    from nli_service import metrics
+
+    settings = Settings.from_env()
+    if settings.metrics_port:
+        metrics.start_exporter(settings.metrics_port, settings.host)
+        server.log.info("metrics on %s:%s/metrics", settings.host, settings.metrics_port)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In each new worker: size torch's thread pool for this worker count, then warm up."""
+    from nli_service import runner
+
+    runner.prepare_worker(Settings.from_env().torch_threads_for(server.cfg.workers))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, when a worker dies: drop its live gauges."""
+    from nli_service import metrics
+
+    metrics.mark_worker_dead(worker.pid)

@@ -1,0 +1,256 @@
+"""The NLI engine: pairs in, probabilities out, in batches that do not change results.
+
+Stages, in order: encode (one tokenizer call for all pairs) -> plan chunks
+(sorted by length, capped by pairs and padded tokens) -> forward (one padded
+tensor per chunk, under ``torch.inference_mode``) -> unbatch (back to input
+order). Padding is masked, so a pair gets the same probabilities alone or in any
+batch. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from nli_service.deadline import Deadline
+from nli_service.inference.labels import LabelError, LabelMap
+from nli_service.inference.loader import (
+    ModelLoadError,
+    ModelSource,
+    load_tokenizer_and_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+)
+from nli_service.inference.types import Pair, Prediction
+
+log = logging.getLogger(__name__)
+
+HARD_MAX_LENGTH = 512
+# Models whose position ids start after the padding index (RoBERTa family).
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ibert")
+
+ForwardObserver = Callable[[int, int, float], None]
+"""Called after every forward pass with (pairs, padded tokens, seconds)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of every pair, unpadded, in input order."""
+
+    features: dict[str, list[list[int]]]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.features["input_ids"]]
+
+
+def model_length_limit(tokenizer: Any, config: Any) -> int:
+    """The longest pair (in tokens) the model accepts, at most 512."""
+    limits = [HARD_MAX_LENGTH]
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 100_000:
+        limits.append(int(tokenizer.model_max_length))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_MODELS else 0
+        limits.append(positions - offset)
+    return min(limits)
+
+
+def plan_chunks(lengths: Sequence[int], max_pairs: int, max_tokens: int) -> list[list[int]]:
+    """Group pair indices into forward passes, longest first.
+
+    Sorting by length keeps padding small; a chunk closes when it holds
+    ``max_pairs`` pairs or when padding it to its longest pair would exceed
+    ``max_tokens`` (a single pair always fits).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    chunks: list[list[int]] = []
+    for index in order:
+        if chunks:
+            current = chunks[-1]
+            padded_len = lengths[current[0]]
+            if len(current) < max_pairs and (len(current) + 1) * padded_len <= max_tokens:
+                current.append(index)
+                continue
+        chunks.append([index])
+    return chunks
+
+
+class NLIEngine:
+    """A loaded NLI model with its tokenizer; call :meth:`predict`."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: Any,
+        *,
+        source: ModelSource,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        max_batch_tokens: int = 8192,
+        load_seconds: float = 0.0,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.source = source
+        self.labels = LabelMap.from_id2label(model.config.id2label)
+        limit = model_length_limit(tokenizer, model.config)
+        if max_length is not None and max_length > limit:
+            raise ModelLoadError(f"NLI_MAX_LENGTH={max_length} exceeds the model's limit of {limit} tokens")
+        self.max_length = max_length or limit
+        self.batch_size = batch_size
+        self.max_batch_tokens = max(max_batch_tokens, self.max_length)
+        self.load_seconds = load_seconds
+        self.loaded_at = datetime.now(UTC)
+        self.observer: ForwardObserver | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        offline: bool = False,
+        hub_timeout: float = 5.0,
+        **options: Any,
+    ) -> NLIEngine:
+        """Find and load ``model`` (hub id or folder); raises :class:`ModelLoadError`."""
+        started = time.perf_counter()
+        source = resolve_model(model, offline=offline, hub_timeout=hub_timeout)
+        torch_device = resolve_device(device)
+        tokenizer, network = load_tokenizer_and_model(source, torch_device, resolve_dtype(dtype, torch_device))
+        try:
+            return cls(tokenizer, network, source=source, load_seconds=time.perf_counter() - started, **options)
+        except LabelError as error:
+            raise ModelLoadError(f"model {model!r} cannot serve NLI: {error}") from None
+
+    # -- properties reported by /model ------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.source.name
+
+    @property
+    def device(self) -> str:
+        return str(next(self.model.parameters()).device)
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
+    def parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.model.parameters())
+
+    # -- the pipeline ------------------------------------------------------------------
+
+    def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
+        """Classify ``pairs``; the result is in input order, one :class:`Prediction` each."""
+        probabilities = torch.softmax(self.logits(pairs, deadline), dim=-1)
+        return [self._to_prediction(row) for row in probabilities.tolist()]
+
+    def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
+        """Raw float32 logits, shape (len(pairs), labels), columns in ``self.labels.names`` order."""
+        if not pairs:
+            return torch.empty((0, len(self.labels.names)))
+        encoded = self.encode(pairs)
+        output = torch.empty((len(pairs), len(self.labels.names)), dtype=torch.float32)
+        for chunk in plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens):
+            if deadline is not None:
+                deadline.check()
+            output[chunk] = self.forward(encoded, chunk)
+        return output
+
+    def encode(self, pairs: Sequence[Pair]) -> Encoded:
+        """Tokenise all pairs in one call, truncating the premise first."""
+        premises = [pair.premise for pair in pairs]
+        hypotheses = [pair.hypothesis for pair in pairs]
+        try:
+            features = self._tokenize(premises, hypotheses, "only_first")
+        except Exception:  # noqa: BLE001 - a hypothesis alone is longer than max_length
+            singles = [
+                self._tokenize_one(premise, hypothesis)
+                for premise, hypothesis in zip(premises, hypotheses, strict=False)
+            ]
+            features = {name: [single[name][0] for single in singles] for name in singles[0]}
+        return Encoded(features=features)
+
+    def forward(self, encoded: Encoded, chunk: Sequence[int]) -> torch.Tensor:
+        """Run one padded forward pass over the pairs at ``chunk``; float32 logits on CPU."""
+        started = time.perf_counter()
+        inputs = self._pad(encoded, chunk)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float().cpu()
+        if self.observer is not None:
+            self.observer(len(chunk), inputs["input_ids"].numel(), time.perf_counter() - started)
+        return logits
+
+    def warm_up(self) -> None:
+        """One small forward pass, so the first request does not pay for lazy initialisation."""
+        self.predict([Pair("A man is playing a guitar.", "A person plays music.")])
+
+    def _tokenize_one(self, premise: str, hypothesis: str) -> dict[str, list[list[int]]]:
+        try:
+            return self._tokenize([premise], [hypothesis], "only_first")
+        except Exception:  # noqa: BLE001 - the premise alone cannot absorb the truncation
+            return self._tokenize([premise], [hypothesis], "longest_first")
+
+    def _tokenize(self, premises: list[str], hypotheses: list[str], truncation: str) -> dict[str, list[list[int]]]:
+        encoding = self.tokenizer(
+            premises, hypotheses, truncation=truncation, max_length=self.max_length, padding=False
+        )
+        return {name: encoding[name] for name in self.tokenizer.model_input_names if name in encoding}
+
+    def _pad(self, encoded: Encoded, chunk: Sequence[int]) -> dict[str, torch.Tensor]:
+        width = max(len(encoded.features["input_ids"][i]) for i in chunk)
+        pad_left = self.tokenizer.padding_side == "left"
+        inputs: dict[str, torch.Tensor] = {}
+        for name, rows in encoded.features.items():
+            pad_value = (self.tokenizer.pad_token_id or 0) if name == "input_ids" else 0
+            tensor = torch.full((len(chunk), width), pad_value, dtype=torch.long)
+            for row_number, index in enumerate(chunk):
+                values = torch.tensor(rows[index], dtype=torch.long)
+                if pad_left:
+                    tensor[row_number, width - len(values) :] = values
+                else:
+                    tensor[row_number, : len(values)] = values
+            inputs[name] = tensor
+        return {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
+
+    def _to_prediction(self, probabilities: list[float]) -> Prediction:
+        scores = dict(zip(self.labels.names, probabilities, strict=False))
+        return Prediction(label=max(scores, key=scores.__getitem__), scores=scores)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything /model reports."""
+        return {
+            "id": self.model_id,
+            "source": self.source.origin,
+            "path": self.source.path,
+            "labels": list(self.labels.names),
+            "model_type": self.model.config.model_type,
+            "device": self.device,
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+            "parameters": self.parameters,
+            "load_seconds": round(self.load_seconds, 3),
+            "loaded_at": self.loaded_at.isoformat(),
+        }
+
+
+def set_torch_threads(threads: int) -> None:
+    """Intra-op threads for this process; call in each worker after fork."""
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set, or inter-op work already started
+        torch.set_num_interop_threads(1)

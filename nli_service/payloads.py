@@ -1,0 +1,100 @@
+"""Decode and validate request bodies; encode predictions as JSON-ready dicts.
+
+Every rule here fails with an :class:`ApiError` whose message names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import request
+
+from nli_service.errors import ApiError
+from nli_service.inference.types import Pair, Prediction
+
+JsonObject = dict[str, Any]
+
+
+def read_json_object() -> JsonObject:
+    """The request body as a JSON object: 415 if not JSON, 400 if malformed, 413 if too big."""
+    if not request.is_json:
+        raise ApiError(f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", 415)
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError("request body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as error:
+        raise ApiError(f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(f"request body must be a JSON object, got {_json_type(body)}")
+    return body
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise ApiError(f"{field} must be a string, got {_json_type(value)}")
+    if not value.strip():
+        raise ApiError(f"{field} must not be empty or only whitespace")
+    return value
+
+
+def _required(body: JsonObject, key: str, where: str) -> object:
+    if key not in body:
+        raise ApiError(f"{where}{key} is required")
+    return body[key]
+
+
+def parse_pair(body: object, where: str = "") -> Pair:
+    """``{"premise": str, "hypothesis": str}`` as a :class:`Pair`."""
+    if not isinstance(body, dict):
+        raise ApiError(f"{where.rstrip('.') or 'body'} must be an object, got {_json_type(body)}")
+    return Pair(
+        premise=_text(_required(body, "premise", where), f"{where}premise"),
+        hypothesis=_text(_required(body, "hypothesis", where), f"{where}hypothesis"),
+    )
+
+
+def _list(body: JsonObject, key: str) -> list[Any]:
+    value = body[key]
+    if not isinstance(value, list):
+        raise ApiError(f"{key} must be an array, got {_json_type(value)}")
+    return value
+
+
+def parse_pairs(body: JsonObject, max_pairs: int) -> list[Pair]:
+    """``{"pairs": [...]}`` or ``{"premises": [...], "hypotheses": [...]}`` as pairs."""
+    has_pairs = "pairs" in body
+    has_lists = "premises" in body or "hypotheses" in body
+    if has_pairs == has_lists:
+        raise ApiError('send either "pairs": [{"premise", "hypothesis"}, ...] or "premises" and "hypotheses" lists')
+    if has_pairs:
+        items = _list(body, "pairs")
+        count = len(items)
+    else:
+        for key in ("premises", "hypotheses"):
+            _required(body, key, "")
+        premises, hypotheses = _list(body, "premises"), _list(body, "hypotheses")
+        if len(premises) != len(hypotheses):
+            raise ApiError(f"premises and hypotheses must have the same length ({len(premises)} != {len(hypotheses)})")
+        count = len(premises)
+    if count == 0:
+        raise ApiError("at least one pair is required")
+    if count > max_pairs:
+        raise ApiError(f"{count} pairs is more than the limit of {max_pairs} per request; split the batch", 413)
+    if has_pairs:
+        return [parse_pair(item, f"pairs[{i}].") for i, item in enumerate(items)]
+    return [
+        Pair(_text(premise, f"premises[{i}]"), _text(hypothesis, f"hypotheses[{i}]"))
+        for i, (premise, hypothesis) in enumerate(zip(premises, hypotheses, strict=False))
+    ]
+
+
+def encode_prediction(prediction: Prediction) -> JsonObject:
+    return {"label": prediction.label, "scores": prediction.scores}

@@ -1,0 +1,103 @@
+"""This worker's engine: loaded once per process, run under the request deadline.
+
+The blueprints call :func:`predict`; it hands the pairs to the engine with the
+request's deadline enforced (SIGALRM or cooperative, see ``deadline.py``) and
+counts the results. The engine is a process-wide singleton: with Gunicorn's
+``preload_app`` it is loaded once in the master and shared copy-on-write by the
+forked workers, which must not have run any inference before the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app, g
+
+from nli_service import metrics
+from nli_service.config import Settings
+from nli_service.deadline import Deadline, enforce
+from nli_service.errors import ApiError
+from nli_service.inference.types import Pair, Prediction
+
+if TYPE_CHECKING:
+    from nli_service.inference.engine import NLIEngine
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "nli_engine"
+_process_engine: NLIEngine | None = None
+_process_engine_key: tuple[object, ...] | None = None
+
+
+def _engine_key(settings: Settings) -> tuple[object, ...]:
+    return (
+        settings.model,
+        settings.device,
+        settings.dtype,
+        settings.batch_size,
+        settings.max_length,
+        settings.max_batch_tokens,
+    )
+
+
+def load_engine(settings: Settings) -> NLIEngine:
+    """The process's engine for ``settings``, loading it on first use."""
+    global _process_engine, _process_engine_key
+    key = _engine_key(settings)
+    if _process_engine is None or _process_engine_key != key:
+        from nli_service.inference.engine import NLIEngine
+
+        engine = NLIEngine.from_pretrained(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            offline=settings.offline,
+            hub_timeout=settings.hub_timeout,
+            batch_size=settings.batch_size,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+        )
+        engine.observer = metrics.observe_forward
+        metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
+        log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
+        _process_engine, _process_engine_key = engine, key
+    return _process_engine
+
+
+def prepare_worker(torch_threads: int) -> None:
+    """In a freshly forked worker (or the dev server): size torch's threads, then warm up."""
+    from nli_service.inference.engine import set_torch_threads
+
+    set_torch_threads(torch_threads)
+    if _process_engine is not None:
+        _process_engine.warm_up()
+
+
+def init_app(app: Flask) -> None:
+    """Attach this process's engine to ``app`` (unless ``LOAD_MODEL`` is False)."""
+    if app.config.get("LOAD_MODEL", True):
+        app.extensions[EXTENSION_KEY] = load_engine(app.config["NLI_SETTINGS"])
+
+
+def get_engine() -> NLIEngine:
+    engine = current_app.extensions.get(EXTENSION_KEY)
+    if engine is None:
+        raise ApiError("the model is not loaded yet; retry shortly", 503)
+    return engine
+
+
+def predict(pairs: Sequence[Pair]) -> list[Prediction]:
+    """Classify ``pairs`` within the request's deadline and count the results."""
+    engine = get_engine()
+    settings: Settings = current_app.config["NLI_SETTINGS"]
+    g.pairs = len(pairs)
+    g.input_chars = sum(pair.characters for pair in pairs)
+    if settings.log_inputs:
+        g.logged_inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs]
+    deadline = Deadline(settings.request_timeout, started_at=g.get("request_started"))
+    with enforce(deadline):
+        predictions = engine.predict(pairs, deadline)
+    metrics.count_predictions(prediction.label for prediction in predictions)
+    return predictions

@@ -1,0 +1,55 @@
+"""Entry points shared by ``wsgi.py``, ``app.py`` and ``gunicorn.conf.py``.
+
+A service that cannot start (bad setting, missing model) prints one line saying
+why and exits with Gunicorn's "app failed to load" code, so the Gunicorn master
+stops instead of re-spawning workers that would fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from nli_service.config import ConfigError
+
+APP_LOAD_ERROR = 4  # gunicorn.arbiter.Arbiter.APP_LOAD_ERROR: the master halts on it
+T = TypeVar("T")
+
+log = logging.getLogger("nli_service.startup")
+
+
+def exit_on_startup_error(message: str) -> NoReturn:
+    log.critical("cannot start: %s", message)
+    print(f"nli-service cannot start: {message}", file=sys.stderr, flush=True)
+    sys.exit(APP_LOAD_ERROR)
+
+
+def or_exit(build: Callable[[], T]) -> T:
+    """Run ``build``; on a configuration or model error, exit with a one-line message."""
+    from nli_service.inference.loader import ModelLoadError
+
+    try:
+        return build()
+    except (ConfigError, ModelLoadError) as error:
+        exit_on_startup_error(str(error))
+
+
+def build_app():
+    """``create_app()`` from the environment, or exit with the reason."""
+    from nli_service import create_app
+
+    return or_exit(create_app)
+
+
+def run_dev_server(app) -> None:
+    """Flask's server, single-threaded (SIGALRM timeouts), no reloader, metrics on the side port."""
+    from nli_service import metrics, runner
+
+    settings = app.config["NLI_SETTINGS"]
+    runner.prepare_worker(settings.torch_threads_for(workers=1))
+    if settings.metrics_port:
+        metrics.start_exporter(settings.metrics_port, settings.host)
+    log.info("development server starting", extra={"host": settings.host, "port": settings.port})
+    app.run(host=settings.host, port=settings.port, threaded=False, use_reloader=False, debug=False)

@@ -1,0 +1,254 @@
+"""The HTTP API through Flask's test client: results, validation, errors, health."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REORDERED_ID2LABEL
+from model_factory import SAMPLE_PAIRS
+
+from nli_service import runner
+from nli_service.inference.types import NLI_LABELS, Pair
+
+PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
+
+
+def assert_json_error(response, status: int) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["status"] == status and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in body["error"] and "/nli_service/" not in body["error"]
+    return body
+
+
+# -- predictions --------------------------------------------------------------------
+
+
+def test_predict_returns_label_scores_and_model(client, model_dir: Path) -> None:
+    body = client.post("/predict", json=PAIR).get_json()
+    assert set(body) == {"label", "scores", "model"}
+    assert set(body["scores"]) == set(NLI_LABELS)
+    assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["label"] == max(body["scores"], key=body["scores"].get)
+    assert body["model"] == str(model_dir)
+
+
+def test_labels_come_from_the_models_id2label(make_app, reordered_model_dir: Path) -> None:
+    # The classifier always picks output 1, which this model calls CONTRADICTION.
+    client = make_app(NLI_MODEL=str(reordered_model_dir)).test_client()
+    body = client.post("/predict", json=PAIR).get_json()
+    assert body["label"] == REORDERED_ID2LABEL[1].lower() == "contradiction"
+    assert body["scores"]["contradiction"] > 0.8
+    assert client.get("/model").get_json()["labels"] == ["neutral", "contradiction", "entailment"]
+
+
+def test_batch_predict_in_both_forms_matches_single_predictions(client) -> None:
+    pairs = [{"premise": p, "hypothesis": h} for p, h in SAMPLE_PAIRS] * 3
+    by_pairs = client.post("/batch-predict", json={"pairs": pairs}).get_json()
+    by_lists = client.post(
+        "/batch-predict",
+        json={"premises": [p["premise"] for p in pairs], "hypotheses": [p["hypothesis"] for p in pairs]},
+    ).get_json()
+    assert by_pairs["results"] == by_lists["results"]
+    assert len(by_pairs["results"]) == len(pairs) and "model" in by_pairs
+    for pair, result in zip(pairs, by_pairs["results"], strict=True):
+        single = client.post("/predict", json=pair).get_json()
+        assert result["label"] == single["label"]
+        for label in NLI_LABELS:
+            assert result["scores"][label] == pytest.approx(single["scores"][label], abs=1e-5)
+
+
+# -- bad input ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"hypothesis": "x"}, "premise is required"),
+        ({"premise": "x"}, "hypothesis is required"),
+        ({"premise": 3, "hypothesis": "x"}, "premise must be a string"),
+        ({"premise": "x", "hypothesis": None}, "hypothesis must be a string"),
+        ({"premise": "", "hypothesis": "x"}, "must not be empty"),
+        ({"premise": "x", "hypothesis": " \n\t "}, "must not be empty"),
+        ([PAIR], "must be a JSON object"),
+        ("text", "must be a JSON object"),
+    ],
+)
+def test_invalid_predict_bodies_are_400(client, body, fragment: str) -> None:
+    assert fragment in assert_json_error(client.post("/predict", json=body), 400)["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "either"),
+        ({"pairs": [PAIR], "premises": ["x"], "hypotheses": ["y"]}, "either"),
+        ({"pairs": PAIR}, "pairs must be an array"),
+        ({"pairs": []}, "at least one pair"),
+        ({"pairs": [PAIR, "x"]}, "pairs[1] must be an object"),
+        ({"pairs": [PAIR, {"premise": "x"}]}, "pairs[1].hypothesis is required"),
+        ({"pairs": [PAIR, {"premise": "x", "hypothesis": ""}]}, "pairs[1].hypothesis must not be empty"),
+        ({"premises": ["a", "b"], "hypotheses": ["c"]}, "same length"),
+        ({"premises": ["a"]}, "hypotheses is required"),
+        ({"premises": ["a", 2], "hypotheses": ["c", "d"]}, "premises[1] must be a string"),
+    ],
+)
+def test_invalid_batch_bodies_are_400(client, body, fragment: str) -> None:
+    assert fragment in assert_json_error(client.post("/batch-predict", json=body), 400)["error"]
+
+
+@pytest.mark.parametrize("raw", [b"{", b'{"premise": "a",}', b"\xff\xfe", b"", b"[" * 100_000])
+def test_malformed_json_is_400(client, raw: bytes) -> None:
+    assert_json_error(client.post("/predict", data=raw, content_type="application/json"), 400)
+
+
+def test_non_json_content_type_is_415(client) -> None:
+    body = assert_json_error(client.post("/predict", data=json.dumps(PAIR), content_type="text/plain"), 415)
+    assert "application/json" in body["error"]
+    assert_json_error(client.post("/predict", data={"premise": "a", "hypothesis": "b"}), 415)
+
+
+def test_too_many_pairs_is_413(make_app) -> None:
+    client = make_app(NLI_MAX_PAIRS=4).test_client()
+    assert client.post("/batch-predict", json={"pairs": [PAIR] * 4}).status_code == 200
+    assert "limit of 4" in assert_json_error(client.post("/batch-predict", json={"pairs": [PAIR] * 5}), 413)["error"]
+
+
+def test_a_body_over_the_size_limit_is_413(make_app) -> None:
+    client = make_app(NLI_MAX_BODY_BYTES=1000).test_client()
+    assert_json_error(client.post("/predict", json={"premise": "a" * 2000, "hypothesis": "b"}), 413)
+
+
+def test_unknown_path_is_json_404(client) -> None:
+    assert_json_error(client.get("/nope"), 404)
+
+
+def test_wrong_method_is_json_405_with_allow(client) -> None:
+    response = client.get("/predict")
+    assert_json_error(response, 405)
+    assert "POST" in response.headers["Allow"]
+
+
+def test_an_unexpected_failure_is_a_generic_500_logged_with_the_request_id(client, monkeypatch, tmp_path) -> None:
+    def explode(pairs, deadline=None):
+        raise RuntimeError("secret internal detail at /srv/nli_service/engine.py")
+
+    monkeypatch.setattr(client.application.extensions[runner.EXTENSION_KEY], "predict", explode)
+    response = client.post("/predict", json=PAIR, headers={"X-Request-ID": "trace-500"})
+    body = assert_json_error(response, 500)
+    assert "secret" not in body["error"] and body["request_id"] == "trace-500"
+    log_lines = [json.loads(line) for line in (tmp_path / "logs" / "nli_service.log").read_text().splitlines()]
+    failure = next(line for line in log_lines if line.get("message") == "unhandled error")
+    assert failure["request_id"] == "trace-500" and "secret internal detail" in failure["exc_info"]
+    # the app keeps serving
+    monkeypatch.undo()
+    assert client.post("/predict", json=PAIR).status_code == 200
+
+
+# -- timeouts ------------------------------------------------------------------------
+
+
+def _slow_forward(engine, seconds: float):
+    original = engine.forward
+
+    def slow(encoded, chunk):
+        time.sleep(seconds)
+        return original(encoded, chunk)
+
+    return slow
+
+
+def test_a_request_past_its_deadline_is_408_by_sigalrm_and_the_next_one_works(make_app, monkeypatch) -> None:
+    import signal
+
+    app = make_app(NLI_REQUEST_TIMEOUT=0.3)
+    engine = app.extensions[runner.EXTENSION_KEY]
+    monkeypatch.setattr(engine, "forward", _slow_forward(engine, 5))
+    client = app.test_client()
+    handler_before = signal.getsignal(signal.SIGALRM)
+    started = time.monotonic()
+    body = assert_json_error(client.post("/predict", json=PAIR), 408)
+    assert time.monotonic() - started < 2, "SIGALRM must interrupt the sleeping forward pass"
+    assert "0.3 s" in body["error"]
+    assert signal.getsignal(signal.SIGALRM) is handler_before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    monkeypatch.undo()
+    assert client.post("/predict", json=PAIR).status_code == 200
+
+
+def test_off_the_main_thread_the_deadline_is_checked_between_chunks(make_app, monkeypatch) -> None:
+    import threading
+
+    app = make_app(NLI_REQUEST_TIMEOUT=0.3, NLI_BATCH_SIZE=1)
+    engine = app.extensions[runner.EXTENSION_KEY]
+    monkeypatch.setattr(engine, "forward", _slow_forward(engine, 0.2))
+    responses = []
+    thread = threading.Thread(
+        target=lambda: responses.append(app.test_client().post("/batch-predict", json={"pairs": [PAIR] * 10}))
+    )
+    started = time.monotonic()
+    thread.start()
+    thread.join()
+    assert_json_error(responses[0], 408)
+    assert time.monotonic() - started < 1.5, "stopped after the chunk that crossed the deadline"
+
+
+# -- health, readiness, model info, request ids ----------------------------------------
+
+
+def test_health_ready_and_model(client, model_dir: Path) -> None:
+    health = client.get("/health").get_json()
+    assert health["status"] == "ok" and health["model_loaded_at"]
+    assert client.get("/ready").status_code == 200
+    info = client.get("/model").get_json()
+    assert info["id"] == str(model_dir)
+    assert info["labels"] == ["contradiction", "entailment", "neutral"]
+    assert (info["device"], info["dtype"], info["batch_size"]) == ("cpu", "float32", 8)
+    assert info["max_length"] == 128 and info["parameters"] > 0 and info["load_seconds"] >= 0
+
+
+def test_without_a_model_ready_is_503_and_predict_is_503(make_app) -> None:
+    client = make_app(LOAD_MODEL=False).test_client()
+    assert client.get("/health").get_json()["status"] == "loading"
+    response = client.get("/ready")
+    assert_json_error(response, 503)
+    assert response.headers["Retry-After"]
+    assert_json_error(client.post("/predict", json=PAIR), 503)
+
+
+def test_request_ids_are_echoed_or_generated(client) -> None:
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/health").headers["X-Request-ID"]
+    assert len(generated) == 32
+    assert client.get("/nope", headers={"X-Request-ID": "x\u00e9 bad id"}).headers["X-Request-ID"] != "x\u00e9 bad id"
+    assert client.post("/predict", json={}).headers["X-Request-ID"]
+
+
+def test_access_records_are_json_without_input_text(client, tmp_path: Path) -> None:
+    client.post("/batch-predict", json={"pairs": [PAIR, PAIR]}, headers={"X-Request-ID": "acc-1"})
+    records = [json.loads(line) for line in (tmp_path / "logs" / "nli_service.log").read_text().splitlines()]
+    access = next(r for r in records if r.get("request_id") == "acc-1" and r["message"] == "request")
+    assert access["status"] == 200 and access["pairs"] == 2 and access["method"] == "POST"
+    assert access["path"] == "/batch-predict" and access["latency_ms"] >= 0
+    assert access["input_chars"] == 2 * len(Pair(**PAIR).premise + Pair(**PAIR).hypothesis)
+    assert access["level"] == "INFO" and access["pid"] and access["time"]
+    assert PAIR["premise"] not in json.dumps(records)
+
+
+def test_http_layer_never_imports_torch() -> None:
+    code = (
+        "import sys; import nli_service.api.predict, nli_service.api.health, nli_service.payloads; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_engine_never_imports_flask() -> None:
+    code = "import sys; import nli_service.inference.engine; sys.exit('flask' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+
+from nli_service.config import DEFAULT_MODEL, ConfigError, Settings, documented_settings
+
+
+def test_defaults_match_the_documented_table() -> None:
+    settings = Settings.from_env({})
+    assert settings.model == DEFAULT_MODEL
+    assert (settings.device, settings.dtype) == ("auto", "auto")
+    assert settings.batch_size == 8
+    assert settings.max_length is None
+    assert settings.max_pairs == 256
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.request_timeout == 30
+    assert (settings.log_dir, settings.log_level) == ("logs", "INFO")
+    assert settings.metrics_port == 8000
+    assert (settings.host, settings.port, settings.workers) == ("0.0.0.0", 5000, 4)
+    assert settings.offline is False
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "NLI_BATCH_SIZE": "32",
+            "NLI_MAX_LENGTH": "128",
+            "NLI_REQUEST_TIMEOUT": "2.5",
+            "NLI_DEVICE": "CUDA:1",
+            "NLI_DTYPE": "bfloat16",
+            "NLI_LOG_LEVEL": "debug",
+            "NLI_METRICS_PORT": "0",
+        }
+    )
+    assert settings.batch_size == 32 and settings.max_length == 128 and settings.request_timeout == 2.5
+    assert settings.device == "cuda:1" and settings.dtype == "bfloat16"
+    assert settings.log_level == "DEBUG" and settings.metrics_port == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NLI_BATCH_SIZE", "0"),
+        ("NLI_BATCH_SIZE", "eight"),
+        ("NLI_MAX_PAIRS", "-1"),
+        ("NLI_REQUEST_TIMEOUT", "0"),
+        ("NLI_REQUEST_TIMEOUT", "nan"),
+        ("NLI_DEVICE", "gpu"),
+        ("NLI_DTYPE", "int8"),
+        ("NLI_METRICS_PORT", "70000"),
+        ("NLI_LOG_LEVEL", "LOUD"),
+        ("NLI_MODEL", "  "),
+        ("NLI_OFFLINE", "maybe"),
+    ],
+)
+def test_an_invalid_value_names_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: value})
+    message = str(raised.value)
+    assert message.startswith(f"{variable}=") and "\n" not in message
+
+
+def test_hf_hub_offline_implies_offline() -> None:
+    assert Settings.from_env({"HF_HUB_OFFLINE": "1"}).offline is True
+
+
+def test_torch_threads_never_oversubscribe_the_cores() -> None:
+    settings = Settings.from_env({})
+    assert settings.torch_threads_for(workers=1000) == 1
+    assert settings.torch_threads_for(workers=1) >= 1
+    assert Settings.from_env({"NLI_TORCH_THREADS": "3"}).torch_threads_for(workers=4) == 3
+
+
+def test_every_setting_is_documented() -> None:
+    table = documented_settings()
+    assert {row[0] for row in table} >= {
+        "NLI_MODEL",
+        "NLI_DEVICE",
+        "NLI_DTYPE",
+        "NLI_BATCH_SIZE",
+        "NLI_MAX_LENGTH",
+        "NLI_MAX_PAIRS",
+        "NLI_REQUEST_TIMEOUT",
+        "NLI_LOG_DIR",
+        "NLI_LOG_LEVEL",
+        "NLI_METRICS_PORT",
+        "NLI_HOST",
+        "NLI_PORT",
+        "NLI_WORKERS",
+    }
+    assert all(doc for _, _, doc in table)

@@ -1,0 +1,89 @@
+"""Finding models: local folders, the hub cache, and fast, clear failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from model_factory import build_model
+
+from nli_service.inference.engine import NLIEngine
+from nli_service.inference.loader import ModelLoadError, resolve_model
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_a_local_folder_is_used_as_is(model_dir: Path) -> None:
+    source = resolve_model(str(model_dir), offline=True, hub_timeout=1)
+    assert (source.origin, source.path) == ("local", str(model_dir.resolve()))
+
+
+def test_a_missing_folder_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model(str(tmp_path / "nope"), offline=False, hub_timeout=1)
+
+
+def test_a_folder_without_config_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model(str(tmp_path), offline=False, hub_timeout=1)
+
+
+def test_an_uncached_hub_id_offline_fails_at_once_and_says_how_to_fix_it(empty_hub_cache: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as raised:
+        resolve_model("cross-encoder/nli-distilroberta-base", offline=True, hub_timeout=5)
+    assert time.monotonic() - started < 2
+    message = str(raised.value)
+    assert "not in the Hugging Face cache" in message and str(empty_hub_cache) in message
+    assert "NLI_MODEL" in message
+
+
+def test_an_uncached_hub_id_online_gives_up_within_the_hub_timeout(empty_hub_cache: Path) -> None:
+    # This machine has no route to the hub; a machine with one would find no such repository.
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as raised:
+        resolve_model("nli-service-tests/no-such-model", offline=False, hub_timeout=2)
+    assert time.monotonic() - started < 15
+    assert "no-such-model" in str(raised.value)
+
+
+def test_a_cached_hub_id_is_found_without_the_network(empty_hub_cache: Path, model_dir: Path) -> None:
+    # Lay out the cache the way huggingface_hub does: refs/main -> snapshots/<commit>/files.
+    repo = empty_hub_cache / "models--acme--tiny-nli"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in model_dir.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    source = resolve_model("acme/tiny-nli", offline=True, hub_timeout=1)
+    assert source.origin == "cache" and Path(source.path) == snapshot
+
+
+def test_an_invalid_name_is_reported() -> None:
+    with pytest.raises(ModelLoadError, match="neither an existing folder nor a valid hub id"):
+        resolve_model("bad name!", offline=True, hub_timeout=1)
+
+
+def test_a_model_without_nli_labels_is_refused(models_root: Path) -> None:
+    folder = build_model(models_root / "sentiment", id2label={0: "negative", 1: "positive"})
+    with pytest.raises(ModelLoadError, match="cannot serve NLI"):
+        NLIEngine.from_pretrained(str(folder))
+
+
+def test_a_corrupt_folder_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError) as raised:
+        NLIEngine.from_pretrained(str(tmp_path))
+    assert "cannot load model from" in str(raised.value) and "\n" not in str(raised.value)
