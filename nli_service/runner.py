@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "nli_engine"
 _process_engine: NLIEngine | None = None
 _process_engine_key: tuple[object, ...] | None = None
+_worker_threads: int | None = None  # set once this process serves requests
 
 
 def _engine_key(settings: Settings) -> tuple[object, ...]:
@@ -47,8 +48,12 @@ def load_engine(settings: Settings) -> NLIEngine:
     global _process_engine, _process_engine_key
     key = _engine_key(settings)
     if _process_engine is None or _process_engine_key != key:
-        from nli_service.inference.engine import NLIEngine
+        from nli_service.inference.engine import NLIEngine, set_torch_threads
 
+        if _worker_threads is None:
+            # Maybe the Gunicorn master before fork: a single thread never starts the
+            # OpenMP pool (a dtype cast while loading could), which children would inherit broken.
+            set_torch_threads(1)
         engine = NLIEngine.from_pretrained(
             settings.model,
             device=settings.device,
@@ -63,6 +68,8 @@ def load_engine(settings: Settings) -> NLIEngine:
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
         _process_engine, _process_engine_key = engine, key
+        if _worker_threads is not None:  # loaded inside a worker (no preload): warm up here
+            engine.warm_up()
     return _process_engine
 
 
@@ -70,6 +77,8 @@ def prepare_worker(torch_threads: int) -> None:
     """In a freshly forked worker (or the dev server): size torch's threads, then warm up."""
     from nli_service.inference.engine import set_torch_threads
 
+    global _worker_threads
+    _worker_threads = torch_threads
     set_torch_threads(torch_threads)
     if _process_engine is not None:
         _process_engine.warm_up()

@@ -89,3 +89,11 @@ def test_every_setting_is_documented() -> None:
         "NLI_WORKERS",
     }
     assert all(doc for _, _, doc in table)
+
+
+def test_the_readme_documents_every_setting_with_its_default() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for env, default, _ in documented_settings():
+        assert f"| `{env}` | `{default}` |" in readme, env

@@ -195,8 +195,15 @@ class NLIEngine:
         return logits
 
     def warm_up(self) -> None:
-        """One small forward pass, so the first request does not pay for lazy initialisation."""
-        self.predict([Pair("A man is playing a guitar.", "A person plays music.")])
+        """One small forward pass, so the first request does not pay for lazy initialisation.
+
+        It is not reported to the observer: metrics count served traffic only.
+        """
+        observer, self.observer = self.observer, None
+        try:
+            self.predict([Pair("A man is playing a guitar.", "A person plays music.")])
+        finally:
+            self.observer = observer
 
     def _tokenize_one(self, premise: str, hypothesis: str) -> dict[str, list[list[int]]]:
         try:

@@ -116,7 +116,7 @@ def resolve_model(name: str, *, offline: bool, hub_timeout: float) -> ModelSourc
             "and offline mode is on (NLI_OFFLINE / HF_HUB_OFFLINE); set NLI_MODEL to a local model folder "
             "or copy a cache that holds it"
         )
-    log.info("downloading model from the hub", extra={"model": name})
+    log.info("model not cached; trying the hub", extra={"model": name})
     return ModelSource(name=name, path=_download(name, hub_timeout), origin="hub")
 
 

@@ -1,0 +1,111 @@
+"""Start the real service (Gunicorn or ``python app.py``) in a subprocess for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+DEV_SERVER = [sys.executable, "app.py"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_env(**settings: object) -> dict[str, str]:
+    """The test process's environment without NLI_* leftovers, plus ``settings``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("NLI_", "PROMETHEUS_"))}
+    env.update({"NLI_HOST": "127.0.0.1", "NLI_PORT": str(free_port()), "NLI_METRICS_PORT": str(free_port())})
+    env.update({key: str(value) for key, value in settings.items()})
+    return env
+
+
+@dataclass
+class RunningService:
+    process: subprocess.Popen
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['NLI_PORT']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['NLI_METRICS_PORT']}/metrics"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}: {self.output()}")
+            try:
+                if requests.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"service not ready after {timeout} s")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            return ""
+        out, err = self.process.communicate()
+        return (out or "") + (err or "")
+
+
+def start(command: list[str], env: dict[str, str]) -> RunningService:
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return RunningService(process=process, env=env)
+
+
+def run_to_exit(command: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, float]:
+    """Run a service that should fail to start: (exit code, stderr, seconds)."""
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stderr, time.monotonic() - started
+
+
+def scrape(metrics_url: str) -> dict[str, float]:
+    """Prometheus text format as {'name{labels}': value}, labels in exposition order."""
+    samples: dict[str, float] = {}
+    for line in requests.get(metrics_url, timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for key, value in samples.items():
+        base, _, label_text = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{label}="{wanted}"' in label_text for label, wanted in labels.items()):
+            total += value
+    return total

@@ -1,0 +1,185 @@
+"""The real service under multi-worker Gunicorn (and ``python app.py``), over HTTP."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from model_factory import SAMPLE_PAIRS, WORDS, build_model
+from serving import DEV_SERVER, GUNICORN, metric_sum, run_to_exit, scrape, service_env, start
+
+pytestmark = pytest.mark.gunicorn
+
+PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
+
+
+def long_pairs(count: int, words: int = 500) -> list[dict[str, str]]:
+    rng = random.Random(0)
+    return [{"premise": " ".join(rng.choice(WORDS) for _ in range(words)), "hypothesis": "a dog"} for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def slow_model_dir(models_root: Path) -> Path:
+    """Big enough that 8 pairs of 500 tokens take a noticeable fraction of a second."""
+    return build_model(models_root / "slow", hidden_size=256, layers=6, max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def server(slow_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    log_dir = tmp_path_factory.mktemp("gunicorn-logs")
+    env = service_env(NLI_MODEL=slow_model_dir, NLI_WORKERS=2, NLI_LOG_DIR=log_dir, NLI_REQUEST_TIMEOUT=1)
+    service = start(GUNICORN, env)
+    service.wait_ready()
+    yield service
+    service.stop()
+
+
+def log_records(service) -> list[dict]:
+    return [
+        json.loads(line) for line in (Path(service.env["NLI_LOG_DIR"]) / "nli_service.log").read_text().splitlines()
+    ]
+
+
+def test_counters_add_up_exactly_across_workers(server) -> None:
+    before = scrape(server.metrics_url)
+    sent, pids = 0, set()
+    with ThreadPoolExecutor(8) as pool:
+        while len(pids) < 2 and sent < 400:  # until both workers have answered
+            futures = [pool.submit(requests.post, f"{server.url}/predict", json=PAIR, timeout=30) for _ in range(20)]
+            sent += len(futures)
+            assert all(f.result().status_code == 200 for f in futures)
+            pids = {r["worker_pid"] for r in log_records(server) if r.get("path") == "/predict"}
+    batch = requests.post(f"{server.url}/batch-predict", json={"pairs": [PAIR] * 7}, timeout=30)
+    assert batch.status_code == 200
+    after = scrape(server.metrics_url)
+    assert len(pids) == 2, "both workers served"
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+    assert delta("nli_request_total", endpoint="/predict", status="200", method="POST") == sent
+    assert delta("nli_pairs_total") == sent + 7
+    assert (
+        sum(delta("nli_predicted_label_total", label=label) for label in ("entailment", "neutral", "contradiction"))
+        == sent + 7
+    )
+    assert delta("nli_request_latency_seconds_count", endpoint="/predict") == sent
+    assert delta("nli_batch_pairs_sum") == sent + 7
+    assert metric_sum(after, "nli_requests_in_flight") == 0
+    assert metric_sum(after, "nli_model_load_seconds") > 0
+
+
+def test_logs_are_json_lines_with_one_access_record_per_request(server) -> None:
+    requests.get(f"{server.url}/health", headers={"X-Request-ID": "log-check-1"}, timeout=10)
+    records = log_records(server)  # every line parses as JSON
+    access = [r for r in records if r.get("request_id") == "log-check-1" and r["message"] == "request"]
+    assert len(access) == 1
+    record = access[0]
+    for field in (
+        "time",
+        "level",
+        "request_id",
+        "worker_pid",
+        "method",
+        "path",
+        "status",
+        "latency_ms",
+        "pairs",
+        "input_chars",
+    ):
+        assert field in record
+    assert {r["message"] for r in records} >= {"model loaded", "request"}
+
+
+def test_a_slow_request_is_408_and_the_worker_keeps_serving(server) -> None:
+    before = scrape(server.metrics_url)
+    started = time.monotonic()
+    response = requests.post(f"{server.url}/batch-predict", json={"pairs": long_pairs(64)}, timeout=60)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 408, response.text
+    assert response.json()["status"] == 408
+    assert elapsed < 4, f"answered after {elapsed:.1f} s; the deadline is 1 s"
+    for _ in range(6):  # both workers still answer
+        assert requests.post(f"{server.url}/predict", json=PAIR, timeout=30).status_code == 200
+    after = scrape(server.metrics_url)
+    assert metric_sum(after, "nli_request_timeouts_total") - metric_sum(before, "nli_request_timeouts_total") == 1
+    assert (
+        metric_sum(after, "nli_request_total", status="408") - metric_sum(before, "nli_request_total", status="408")
+        == 1
+    )
+
+
+def test_errors_are_json_over_real_http(server) -> None:
+    assert (
+        requests.post(
+            f"{server.url}/predict", data="{", headers={"Content-Type": "application/json"}, timeout=10
+        ).status_code
+        == 400
+    )
+    assert (
+        requests.post(f"{server.url}/predict", data="x", headers={"Content-Type": "text/plain"}, timeout=10).status_code
+        == 415
+    )
+    too_big = requests.post(
+        f"{server.url}/predict", json={"premise": "a" * (2 * 1024 * 1024), "hypothesis": "b"}, timeout=30
+    )
+    assert too_big.status_code == 413 and too_big.json()["status"] == 413
+    wrong_method = requests.get(f"{server.url}/batch-predict", timeout=10)
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"]
+    assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_sigterm_lets_in_flight_requests_finish(slow_model_dir: Path, tmp_path: Path) -> None:
+    service = start(GUNICORN, service_env(NLI_MODEL=slow_model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path))
+    service.wait_ready()
+    result: list[requests.Response] = []
+    request = threading.Thread(
+        target=lambda: result.append(
+            requests.post(f"{service.url}/batch-predict", json={"pairs": long_pairs(24)}, timeout=60)
+        )
+    )
+    request.start()
+    time.sleep(0.5)  # the request is being computed
+    service.process.send_signal(signal.SIGTERM)
+    request.join()
+    assert result[0].status_code == 200 and len(result[0].json()["results"]) == 24
+    assert service.process.wait(30) == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"NLI_MODEL": "/nonexistent/model"}, "does not exist"),
+        ({"NLI_MODEL": "acme/not-cached", "HF_HUB_OFFLINE": "1"}, "not in the Hugging Face cache"),
+        ({"NLI_MODEL": "acme/not-cached"}, "hub is unreachable"),
+        ({"NLI_DEVICE": "cuda"}, "CUDA is not available"),  # no preload: the workers fail, the master stops
+        ({"NLI_BATCH_SIZE": "zero"}, "NLI_BATCH_SIZE"),
+    ],
+)
+def test_a_service_that_cannot_start_exits_non_zero_with_the_reason(
+    settings: dict[str, str], expected: str, model_dir: Path, tmp_path: Path
+) -> None:
+    defaults = {"NLI_MODEL": model_dir, "NLI_WORKERS": 2, "NLI_LOG_DIR": tmp_path, "HF_HOME": tmp_path / "hf"}
+    env = service_env(**{**defaults, **settings})
+    code, stderr, seconds = run_to_exit(GUNICORN, env)
+    assert code != 0
+    assert "nli-service cannot start: " in stderr and expected in stderr
+    assert stderr.count("cannot start") <= 2, "no worker re-spawn loop"
+    assert seconds < 30
+
+
+def test_python_app_py_serves_with_metrics_on_the_side_port(model_dir: Path, tmp_path: Path) -> None:
+    service = start(DEV_SERVER, service_env(NLI_MODEL=model_dir, NLI_LOG_DIR=tmp_path, NLI_REQUEST_TIMEOUT=5))
+    try:
+        service.wait_ready()
+        assert requests.post(f"{service.url}/predict", json=PAIR, timeout=10).json()["label"]
+        assert metric_sum(scrape(service.metrics_url), "nli_request_total", endpoint="/predict", status="200") == 1
+    finally:
+        assert service.stop() == 0 or True
