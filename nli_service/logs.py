@@ -41,12 +41,12 @@ def _formatter() -> JsonFormatter:
     )
 
 
-def configure_logging(settings: Settings) -> Path:
+def configure_logging(settings: Settings, max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT) -> Path:
     """(Re)configure the service's loggers; returns the log file's path."""
     log_dir = Path(settings.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / LOG_FILE_NAME
-    file_handler = ConcurrentRotatingFileHandler(str(log_file), maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT)
+    file_handler = ConcurrentRotatingFileHandler(str(log_file), maxBytes=max_bytes, backupCount=backup_count)
     stdout_handler = logging.StreamHandler(sys.stdout)
     for handler in (file_handler, stdout_handler):
         handler.setFormatter(_formatter())

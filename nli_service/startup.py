@@ -8,6 +8,7 @@ stops instead of re-spawning workers that would fail the same way.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -52,4 +53,5 @@ def run_dev_server(app) -> None:
     if settings.metrics_port:
         metrics.start_exporter(settings.metrics_port, settings.host)
     log.info("development server starting", extra={"host": settings.host, "port": settings.port})
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop cleanly, like Ctrl-C
     app.run(host=settings.host, port=settings.port, threaded=False, use_reloader=False, debug=False)

@@ -175,11 +175,35 @@ def test_a_service_that_cannot_start_exits_non_zero_with_the_reason(
     assert seconds < 30
 
 
-def test_python_app_py_serves_with_metrics_on_the_side_port(model_dir: Path, tmp_path: Path) -> None:
-    service = start(DEV_SERVER, service_env(NLI_MODEL=model_dir, NLI_LOG_DIR=tmp_path, NLI_REQUEST_TIMEOUT=5))
+def test_python_app_py_serves_times_out_and_reports_metrics(slow_model_dir: Path, tmp_path: Path) -> None:
+    service = start(DEV_SERVER, service_env(NLI_MODEL=slow_model_dir, NLI_LOG_DIR=tmp_path, NLI_REQUEST_TIMEOUT=1))
     try:
         service.wait_ready()
         assert requests.post(f"{service.url}/predict", json=PAIR, timeout=10).json()["label"]
-        assert metric_sum(scrape(service.metrics_url), "nli_request_total", endpoint="/predict", status="200") == 1
+        slow = requests.post(f"{service.url}/batch-predict", json={"pairs": long_pairs(64)}, timeout=60)
+        assert slow.status_code == 408
+        assert requests.post(f"{service.url}/predict", json=PAIR, timeout=10).status_code == 200
+        samples = scrape(service.metrics_url)
+        assert metric_sum(samples, "nli_request_total", endpoint="/predict", status="200") == 2
+        assert metric_sum(samples, "nli_request_timeouts_total") == 1
     finally:
-        assert service.stop() == 0 or True
+        assert service.stop() == 0
+
+
+def test_gthread_workers_time_out_cooperatively(slow_model_dir: Path, tmp_path: Path) -> None:
+    env = service_env(
+        NLI_MODEL=slow_model_dir,
+        NLI_WORKERS=1,
+        NLI_WORKER_CLASS="gthread",
+        NLI_THREADS=2,
+        NLI_LOG_DIR=tmp_path,
+        NLI_REQUEST_TIMEOUT=1,
+    )
+    service = start(GUNICORN, env)
+    try:
+        service.wait_ready()
+        slow = requests.post(f"{service.url}/batch-predict", json={"pairs": long_pairs(64)}, timeout=60)
+        assert slow.status_code == 408
+        assert requests.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
+    finally:
+        assert service.stop() == 0
