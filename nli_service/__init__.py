@@ -27,7 +27,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
 
     from nli_service import errors, logs, metrics, request_log, runner
-    from nli_service.api import health, predict
+    from nli_service.api import health, predict, zero_shot
 
     config = dict(config or {})
     overrides = {key: str(value) for key, value in config.items() if key.startswith("NLI_")}
@@ -44,5 +44,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     runner.init_app(app)
     app.register_blueprint(predict.bp)
+    app.register_blueprint(zero_shot.bp)
     app.register_blueprint(health.bp)
     return app

@@ -38,7 +38,7 @@ BATCH_PAIRS = Histogram("nli_batch_pairs", "Pairs per forward pass", buckets=(1,
 BATCH_TOKENS = Histogram(
     "nli_batch_padded_tokens", "Padded tokens per forward pass", buckets=(64, 256, 1024, 2048, 4096, 8192, 16384)
 )
-PAIRS = Counter("nli_pairs", "Pairs classified")
+PAIRS = Counter("nli_pairs", "Pairs scored (by /predict, /batch-predict and /zero-shot)")
 PREDICTED_LABELS = Counter("nli_predicted_label", "Predicted labels", ["label"])
 IN_FLIGHT = Gauge("nli_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
 REQUEST_TIMEOUTS = Counter("nli_request_timeouts", "Requests answered 408 after their deadline")
@@ -52,12 +52,9 @@ def observe_forward(pairs: int, padded_tokens: int, seconds: float) -> None:
     BATCH_TOKENS.observe(padded_tokens)
 
 
-def count_predictions(labels: Iterable[str]) -> None:
-    total = 0
+def count_labels(labels: Iterable[str]) -> None:
     for label in labels:
         PREDICTED_LABELS.labels(label=label).inc()
-        total += 1
-    PAIRS.inc(total)
 
 
 def _endpoint() -> str:

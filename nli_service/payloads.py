@@ -6,14 +6,16 @@ Every rule here fails with an :class:`ApiError` whose message names the field.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from flask import request
 
 from nli_service.errors import ApiError
-from nli_service.inference.types import Pair, Prediction
+from nli_service.inference.types import DEFAULT_TEMPLATE, Pair, Prediction, ZeroShotResult
 
 JsonObject = dict[str, Any]
+MAX_ZERO_SHOT_LABELS = 64
 
 
 def read_json_object() -> JsonObject:
@@ -96,5 +98,66 @@ def parse_pairs(body: JsonObject, max_pairs: int) -> list[Pair]:
     ]
 
 
+@dataclass(frozen=True)
+class ZeroShotRequest:
+    """A validated ``/zero-shot`` body; ``many`` is True for the ``texts`` form."""
+
+    texts: list[str]
+    labels: list[str]
+    template: str
+    multi_label: bool
+    many: bool
+
+
+def _labels(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise ApiError(f"labels must be an array of strings, got {_json_type(value)}")
+    if not 1 <= len(value) <= MAX_ZERO_SHOT_LABELS:
+        raise ApiError(f"labels must hold 1 to {MAX_ZERO_SHOT_LABELS} labels, got {len(value)}")
+    labels = [_text(label, f"labels[{i}]").strip() for i, label in enumerate(value)]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ApiError(f"labels must be unique; repeated: {duplicates}")
+    return labels
+
+
+def _template(value: object, labels: list[str]) -> str:
+    template = _text(value, "hypothesis_template")
+    if "{}" not in template:
+        raise ApiError('hypothesis_template must contain "{}" where the label goes')
+    try:
+        template.format(*labels[:1])
+    except (IndexError, KeyError, ValueError):
+        raise ApiError('hypothesis_template may hold only one "{}" and no other braces') from None
+    return template
+
+
+def parse_zero_shot(body: JsonObject, max_pairs: int) -> ZeroShotRequest:
+    """``{"text" | "texts", "labels", "hypothesis_template"?, "multi_label"?}``, validated."""
+    if ("text" in body) == ("texts" in body):
+        raise ApiError('send either "text": str or "texts": [str, ...]')
+    many = "texts" in body
+    if many:
+        texts = [_text(text, f"texts[{i}]") for i, text in enumerate(_list(body, "texts"))]
+        if not texts:
+            raise ApiError("texts must hold at least one text")
+    else:
+        texts = [_text(body["text"], "text")]
+    labels = _labels(_required(body, "labels", ""))
+    template = _template(body.get("hypothesis_template", DEFAULT_TEMPLATE), labels)
+    multi_label = body.get("multi_label", False)
+    if not isinstance(multi_label, bool):
+        raise ApiError(f"multi_label must be true or false, got {_json_type(multi_label)}")
+    if len(texts) * len(labels) > max_pairs:
+        raise ApiError(
+            f"{len(texts)} texts x {len(labels)} labels is more than the limit of {max_pairs} pairs per request", 413
+        )
+    return ZeroShotRequest(texts=texts, labels=labels, template=template, multi_label=multi_label, many=many)
+
+
 def encode_prediction(prediction: Prediction) -> JsonObject:
     return {"label": prediction.label, "scores": prediction.scores}
+
+
+def encode_zero_shot(result: ZeroShotResult) -> JsonObject:
+    return {"labels": result.labels, "scores": result.scores}

@@ -10,8 +10,8 @@ forked workers, which must not have run any inference before the fork.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from flask import Flask, current_app, g
 
@@ -19,12 +19,13 @@ from nli_service import metrics
 from nli_service.config import Settings
 from nli_service.deadline import Deadline, enforce
 from nli_service.errors import ApiError
-from nli_service.inference.types import Pair, Prediction
+from nli_service.inference.types import Pair, Prediction, ZeroShotResult, zero_shot_pairs
 
 if TYPE_CHECKING:
     from nli_service.inference.engine import NLIEngine
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXTENSION_KEY = "nli_engine"
 _process_engine: NLIEngine | None = None
@@ -97,8 +98,8 @@ def get_engine() -> NLIEngine:
     return engine
 
 
-def predict(pairs: Sequence[Pair]) -> list[Prediction]:
-    """Classify ``pairs`` within the request's deadline and count the results."""
+def _within_deadline(pairs: Sequence[Pair], work: Callable[[NLIEngine, Deadline], T]) -> T:
+    """Account for ``pairs`` in the access record, then run ``work`` under the request deadline."""
     engine = get_engine()
     settings: Settings = current_app.config["NLI_SETTINGS"]
     g.pairs = len(pairs)
@@ -107,6 +108,23 @@ def predict(pairs: Sequence[Pair]) -> list[Prediction]:
         g.logged_inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs]
     deadline = Deadline(settings.request_timeout, started_at=g.get("request_started"))
     with enforce(deadline):
-        predictions = engine.predict(pairs, deadline)
-    metrics.count_predictions(prediction.label for prediction in predictions)
+        result = work(engine, deadline)
+    metrics.PAIRS.inc(len(pairs))
+    return result
+
+
+def predict(pairs: Sequence[Pair]) -> list[Prediction]:
+    """Classify ``pairs`` within the request's deadline and count the results."""
+    predictions = _within_deadline(pairs, lambda engine, deadline: engine.predict(pairs, deadline))
+    metrics.count_labels(prediction.label for prediction in predictions)
     return predictions
+
+
+def zero_shot(texts: list[str], labels: list[str], template: str, multi_label: bool) -> list[ZeroShotResult]:
+    """Rank ``labels`` for each text, all label pairs in one engine call."""
+    from nli_service.inference.zero_shot import classify
+
+    return _within_deadline(
+        zero_shot_pairs(texts, labels, template),
+        lambda engine, deadline: classify(engine, texts, labels, template, multi_label, deadline),
+    )

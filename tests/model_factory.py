@@ -37,8 +37,7 @@ def _bert_tokenizer(folder: Path, max_length: int):
     folder.mkdir(parents=True, exist_ok=True)
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_length)
-    return tokenizer
+    return BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True, model_max_length=max_length)
 
 
 def _roberta_tokenizer(folder: Path, max_length: int):
@@ -79,7 +78,7 @@ def build_model(
         num_labels=len(id2label),
         id2label=id2label,
         label2id={name: index for index, name in id2label.items()},
-        initializer_range=0.2,
+        initializer_range=0.05,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
@@ -97,9 +96,11 @@ def build_model(
         config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=max_positions, **common)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
-    if classifier_bias is not None:
-        head = model.classifier.out_proj if architecture == "roberta" else model.classifier
-        with torch.no_grad():
+    head = model.classifier.out_proj if architecture == "roberta" else model.classifier
+    with torch.no_grad():
+        if classifier_bias is None:
+            head.weight.mul_(100)  # spread the logits so that probabilities differ between inputs
+        else:
             head.weight.zero_()
             head.bias.copy_(torch.tensor(classifier_bias))
     model.to(dtype).save_pretrained(folder)

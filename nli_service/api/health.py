@@ -39,4 +39,6 @@ def ready():
 @bp.get("/model")
 def model() -> dict:
     """The served model: id, labels, device, dtype, limits, size, load time."""
-    return runner.get_engine().describe()
+    settings = current_app.config["NLI_SETTINGS"]
+    limits = {"max_pairs": settings.max_pairs, "max_body_bytes": settings.max_body_bytes}
+    return {**runner.get_engine().describe(), **limits, "request_timeout": settings.request_timeout}

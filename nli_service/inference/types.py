@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 ENTAILMENT, NEUTRAL, CONTRADICTION = "entailment", "neutral", "contradiction"
 NLI_LABELS = (ENTAILMENT, NEUTRAL, CONTRADICTION)
+DEFAULT_TEMPLATE = "This example is {}."
 
 
 @dataclass(frozen=True)
@@ -26,3 +28,17 @@ class Prediction:
 
     label: str
     scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    """Zero-shot candidate labels sorted by score, highest first."""
+
+    labels: list[str]
+    scores: list[float]
+
+
+def zero_shot_pairs(texts: Sequence[str], labels: Sequence[str], template: str) -> list[Pair]:
+    """One pair per (text, label): the text against ``template.format(label)``, texts major."""
+    statements = [template.format(label) for label in labels]
+    return [Pair(text, statement) for text in texts for statement in statements]
