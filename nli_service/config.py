@@ -108,6 +108,10 @@ class Settings:
         _choice("auto", "float32", "float16", "bfloat16"),
         "auto (float32 on CPU, float16 on GPU) / float32 / float16 / bfloat16",
     )
+    backend: str = _setting("NLI_BACKEND", "torch", _choice("torch", "onnx"), "torch / onnx (ONNX Runtime, CPU)")
+    quantize: str = _setting(
+        "NLI_QUANTIZE", "none", _choice("none", "int8"), "none / int8 (dynamic int8 weights, CPU only)"
+    )
     batch_size: int = _setting("NLI_BATCH_SIZE", "8", _positive_int, "pairs per forward pass")
     max_batch_tokens: int = _setting(
         "NLI_MAX_BATCH_TOKENS", "8192", _positive_int, "padded tokens per forward pass (caps long-text batches)"

@@ -59,6 +59,8 @@ def load_engine(settings: Settings) -> NLIEngine:
             settings.model,
             device=settings.device,
             dtype=settings.dtype,
+            backend=settings.backend,
+            quantize=settings.quantize,
             offline=settings.offline,
             hub_timeout=settings.hub_timeout,
             batch_size=settings.batch_size,
@@ -69,8 +71,8 @@ def load_engine(settings: Settings) -> NLIEngine:
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
         _process_engine, _process_engine_key = engine, key
-        if _worker_threads is not None:  # loaded inside a worker (no preload): warm up here
-            engine.warm_up()
+        if _worker_threads is not None:  # loaded inside a worker (no preload): start here
+            engine.start(_worker_threads)
     return _process_engine
 
 
@@ -82,7 +84,7 @@ def prepare_worker(torch_threads: int) -> None:
     _worker_threads = torch_threads
     set_torch_threads(torch_threads)
     if _process_engine is not None:
-        _process_engine.warm_up()
+        _process_engine.start(torch_threads)
 
 
 def init_app(app: Flask) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from nli_service.deadline import Deadline
+from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
     ModelLoadError,
@@ -93,6 +94,7 @@ class NLIEngine:
         model: Any,
         *,
         source: ModelSource,
+        backend: Backend | None = None,
         batch_size: int = 8,
         max_length: int | None = None,
         max_batch_tokens: int = 8192,
@@ -100,6 +102,7 @@ class NLIEngine:
     ) -> None:
         self.tokenizer = tokenizer
         self.model = model
+        self.backend = backend or TorchBackend(model)
         self.source = source
         self.labels = LabelMap.from_id2label(model.config.id2label)
         limit = model_length_limit(tokenizer, model.config)
@@ -119,6 +122,8 @@ class NLIEngine:
         *,
         device: str = "auto",
         dtype: str = "auto",
+        backend: str = "torch",
+        quantize: str = "none",
         offline: bool = False,
         hub_timeout: float = 5.0,
         **options: Any,
@@ -127,9 +132,19 @@ class NLIEngine:
         started = time.perf_counter()
         source = resolve_model(model, offline=offline, hub_timeout=hub_timeout)
         torch_device = resolve_device(device)
+        if torch_device.type != "cpu" and (backend != "torch" or quantize != "none"):
+            raise ModelLoadError(f"NLI_BACKEND={backend} with NLI_QUANTIZE={quantize} runs on the CPU only")
         tokenizer, network = load_tokenizer_and_model(source, torch_device, resolve_dtype(dtype, torch_device))
+        runner: Backend = TorchBackend(network, quantize)
+        if backend == "onnx":
+            try:
+                runner = OnnxBackend(source.path, list(tokenizer.model_input_names), quantize)
+            except RuntimeError as error:
+                raise ModelLoadError(str(error)) from None
         try:
-            return cls(tokenizer, network, source=source, load_seconds=time.perf_counter() - started, **options)
+            return cls(
+                tokenizer, network, source=source, backend=runner, load_seconds=time.perf_counter() - started, **options
+            )
         except LabelError as error:
             raise ModelLoadError(f"model {model!r} cannot serve NLI: {error}") from None
 
@@ -188,11 +203,15 @@ class NLIEngine:
         """Run one padded forward pass over the pairs at ``chunk``; float32 logits on CPU."""
         started = time.perf_counter()
         inputs = self._pad(encoded, chunk)
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits.float().cpu()
+        logits = self.backend(inputs)
         if self.observer is not None:
             self.observer(len(chunk), inputs["input_ids"].numel(), time.perf_counter() - started)
         return logits
+
+    def start(self, threads: int) -> None:
+        """In the serving process, after any fork: quantise / open the runtime, then warm up."""
+        self.backend.start(threads)
+        self.warm_up()
 
     def warm_up(self) -> None:
         """One small forward pass, so the first request does not pay for lazy initialisation.
@@ -231,7 +250,7 @@ class NLIEngine:
                 else:
                     tensor[row_number, : len(values)] = values
             inputs[name] = tensor
-        return {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
+        return inputs
 
     def _to_prediction(self, probabilities: list[float]) -> Prediction:
         scores = dict(zip(self.labels.names, probabilities, strict=False))
@@ -247,6 +266,8 @@ class NLIEngine:
             "model_type": self.model.config.model_type,
             "device": self.device,
             "dtype": self.dtype,
+            "backend": self.backend.name,
+            "quantize": self.backend.quantize,
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens,
