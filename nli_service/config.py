@@ -46,6 +46,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -116,6 +123,12 @@ class Settings:
     max_batch_tokens: int = _setting(
         "NLI_MAX_BATCH_TOKENS", "8192", _positive_int, "padded tokens per forward pass (caps long-text batches)"
     )
+    batch_wait_ms: float = _setting(
+        "NLI_BATCH_WAIT_MS",
+        "5",
+        _non_negative_float,
+        "gthread micro-batching: ms to wait for requests still arriving",
+    )
     max_length: int | None = _setting(
         "NLI_MAX_LENGTH", "auto", _optional_positive_int, "tokens per pair (auto: the model's limit, at most 512)"
     )
@@ -142,9 +155,18 @@ class Settings:
     port: int = _setting("NLI_PORT", "5000", _port, "HTTP port")
     workers: int = _setting("NLI_WORKERS", "4", _positive_int, "Gunicorn worker processes")
     worker_class: str = _setting(
-        "NLI_WORKER_CLASS", "sync", _choice("sync", "gthread"), "Gunicorn worker class (sync: SIGALRM timeouts)"
+        "NLI_WORKER_CLASS",
+        "sync",
+        _choice("sync", "gthread"),
+        "Gunicorn worker class; gthread batches concurrent requests together",
     )
     threads: int = _setting("NLI_THREADS", "1", _positive_int, "threads per worker with NLI_WORKER_CLASS=gthread")
+    max_requests: int = _setting(
+        "NLI_MAX_REQUESTS",
+        "10000",
+        _non_negative_int,
+        "recycle a worker after this many requests (+ up to 10 % jitter; 0: never)",
+    )
     torch_threads: int | None = _setting(
         "NLI_TORCH_THREADS", "auto", _optional_positive_int, "torch threads per worker (auto: cores // workers)"
     )

@@ -10,6 +10,8 @@ forked workers, which must not have run any inference before the fork.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -22,6 +24,7 @@ from nli_service.errors import ApiError
 from nli_service.inference.types import Pair, Prediction, ZeroShotResult, zero_shot_pairs
 
 if TYPE_CHECKING:
+    from nli_service.inference.batcher import MicroBatcher
     from nli_service.inference.engine import NLIEngine
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ EXTENSION_KEY = "nli_engine"
 _process_engine: NLIEngine | None = None
 _process_engine_key: tuple[object, ...] | None = None
 _worker_threads: int | None = None  # set once this process serves requests
+_batchers: dict[tuple[int, int], MicroBatcher] = {}  # (pid, id(engine)): threads do not survive a fork
+_batchers_lock = threading.Lock()
 
 
 def _engine_key(settings: Settings) -> tuple[object, ...]:
@@ -93,14 +98,25 @@ def init_app(app: Flask) -> None:
         app.extensions[EXTENSION_KEY] = load_engine(app.config["NLI_SETTINGS"])
 
 
-def get_engine() -> NLIEngine:
+def get_engine() -> NLIEngine | MicroBatcher:
+    """This worker's engine; with threaded workers, wrapped in the cross-request batcher."""
     engine = current_app.extensions.get(EXTENSION_KEY)
     if engine is None:
         raise ApiError("the model is not loaded yet; retry shortly", 503)
-    return engine
+    settings: Settings = current_app.config["NLI_SETTINGS"]
+    if settings.worker_class != "gthread":
+        return engine
+    key = (os.getpid(), id(engine))
+    with _batchers_lock:
+        if key not in _batchers:
+            from nli_service.inference.batcher import MicroBatcher
+
+            wait = settings.batch_wait_ms / 1000
+            _batchers[key] = MicroBatcher(engine, max_pairs=settings.batch_size, max_wait=wait)
+        return _batchers[key]
 
 
-def _within_deadline(pairs: Sequence[Pair], work: Callable[[NLIEngine, Deadline], T]) -> T:
+def _within_deadline(pairs: Sequence[Pair], work: Callable[[NLIEngine | MicroBatcher, Deadline], T]) -> T:
     """Account for ``pairs`` in the access record, then run ``work`` under the request deadline."""
     engine = get_engine()
     settings: Settings = current_app.config["NLI_SETTINGS"]

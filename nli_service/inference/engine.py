@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -38,6 +38,13 @@ HARD_MAX_LENGTH = 512
 # Models whose position ids start after the padding index (RoBERTa family).
 _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ibert")
 
+
+class Checkable(Protocol):
+    """Anything with a deadline-style ``check()`` that raises to stop between chunks."""
+
+    def check(self) -> None: ...
+
+
 ForwardObserver = Callable[[int, int, float], None]
 """Called after every forward pass with (pairs, padded tokens, seconds)."""
 
@@ -51,6 +58,12 @@ class Encoded:
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.features["input_ids"]]
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Encoded]) -> Encoded:
+        """One :class:`Encoded` holding every part's pairs, in order."""
+        names = parts[0].features.keys()
+        return cls(features={name: [row for part in parts for row in part.features[name]] for name in names})
 
 
 def model_length_limit(tokenizer: Any, config: Any) -> int:
@@ -170,23 +183,29 @@ class NLIEngine:
 
     def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
         """Classify ``pairs``; the result is in input order, one :class:`Prediction` each."""
-        probabilities = torch.softmax(self.logits(pairs, deadline), dim=-1)
-        return [self._to_prediction(row) for row in probabilities.tolist()]
+        return self.to_predictions(self.logits(pairs, deadline))
 
     def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
         """Raw float32 logits, shape (len(pairs), labels), columns in ``self.labels.names`` order."""
-        if not pairs:
-            return torch.empty((0, len(self.labels.names)))
-        encoded = self.encode(pairs)
-        output = torch.empty((len(pairs), len(self.labels.names)), dtype=torch.float32)
+        return self.run(self.encode(pairs), deadline)
+
+    def run(self, encoded: Encoded, deadline: Deadline | Checkable | None = None) -> torch.Tensor:
+        """Forward every encoded pair in length-sorted chunks; logits back in input order."""
+        output = torch.empty((len(encoded.lengths), len(self.labels.names)), dtype=torch.float32)
         for chunk in plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens):
             if deadline is not None:
                 deadline.check()
             output[chunk] = self.forward(encoded, chunk)
         return output
 
+    def to_predictions(self, logits: torch.Tensor) -> list[Prediction]:
+        """Softmax each row and name its labels."""
+        return [self._to_prediction(row) for row in torch.softmax(logits, dim=-1).tolist()]
+
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         """Tokenise all pairs in one call, truncating the premise first."""
+        if not pairs:
+            return Encoded(features={"input_ids": []})
         premises = [pair.premise for pair in pairs]
         hypotheses = [pair.hypothesis for pair in pairs]
         try:

@@ -1,0 +1,148 @@
+"""Cross-request micro-batching: concurrent requests of one worker share forward passes.
+
+Used with threaded workers (``NLI_WORKER_CLASS=gthread``). Request threads
+tokenise their own pairs and queue them; one batcher thread takes everything
+queued (waiting up to ``max_wait`` for requests that are still being tokenised,
+until ``max_pairs`` pairs are gathered), runs it through the engine's
+length-sorted chunks, and hands each request its rows. A request whose deadline
+passes while queued is answered with :class:`RequestTimedOut` and never computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nli_service.deadline import Deadline, RequestTimedOut
+from nli_service.inference.engine import Encoded, NLIEngine
+from nli_service.inference.types import Pair, Prediction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    encoded: Encoded
+    deadline: Deadline | None
+    done: threading.Event = field(default_factory=threading.Event)
+    logits: torch.Tensor | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.encoded.lengths)
+
+    def expired(self) -> bool:
+        return self.abandoned or (self.deadline is not None and self.deadline.remaining() <= 0)
+
+    def finish(self, logits: torch.Tensor | None = None, error: BaseException | None = None) -> None:
+        self.logits, self.error = logits, error
+        self.done.set()
+
+
+class _AllExpired:
+    """Checked by the engine between chunks: stop a batch once none of its requests waits."""
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        self.jobs = jobs
+
+    def check(self) -> None:
+        if all(job.expired() for job in self.jobs):
+            raise RequestTimedOut(max(job.deadline.seconds if job.deadline else 0 for job in self.jobs))
+
+
+class MicroBatcher:
+    """Wraps an engine with the same ``logits``/``predict`` calls, batched across threads."""
+
+    def __init__(self, engine: NLIEngine, max_pairs: int, max_wait: float) -> None:
+        self.engine = engine
+        self.max_pairs = max_pairs
+        self.max_wait = max_wait
+        self._queue: deque[_Job] = deque()
+        self._arriving = 0  # requests tokenising now, about to queue
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._serve_forever, name="nli-batcher", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name: str) -> Any:  # model_id, labels, describe(), ... come from the engine
+        return getattr(self.engine, name)
+
+    def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
+        return self.engine.to_predictions(self.logits(pairs, deadline))
+
+    def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
+        """Queue ``pairs`` and wait for their logits, at most until ``deadline``."""
+        job = _Job(self._encode(pairs), deadline)
+        with self._condition:
+            self._queue.append(job)
+            self._condition.notify_all()
+        if not job.done.wait(None if deadline is None else max(deadline.remaining(), 0)):
+            job.abandoned = True
+            raise RequestTimedOut(deadline.seconds)
+        if job.error is not None:
+            raise job.error
+        return job.logits
+
+    def _encode(self, pairs: Sequence[Pair]) -> Encoded:
+        """Tokenise in the request's thread; meanwhile the batcher may wait for this request."""
+        with self._condition:
+            self._arriving += 1
+        try:
+            return self.engine.encode(pairs)
+        finally:
+            with self._condition:
+                self._arriving -= 1
+                self._condition.notify_all()
+
+    def _gather(self) -> list[_Job]:
+        with self._condition:
+            while not self._queue:
+                self._condition.wait()
+            jobs: list[_Job] = []
+            wait_until = time.monotonic() + self.max_wait
+            while sum(job.size for job in jobs) < self.max_pairs:
+                if self._queue:
+                    jobs.append(self._queue.popleft())
+                    continue
+                remaining = wait_until - time.monotonic()
+                if self._arriving == 0 or remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+        live = []
+        for job in jobs:
+            if job.expired():
+                job.finish(error=RequestTimedOut(job.deadline.seconds if job.deadline else 0))
+            else:
+                live.append(job)
+        return live
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            logits = self.engine.run(Encoded.concatenate([job.encoded for job in jobs]), _AllExpired(jobs))
+        except RequestTimedOut as error:
+            for job in jobs:
+                job.finish(error=error)
+            return
+        except Exception as error:  # noqa: BLE001 - every waiting request gets the failure
+            log.exception("batched forward failed")
+            for job in jobs:
+                job.finish(error=error)
+            return
+        offset = 0
+        for job in jobs:
+            job.finish(logits=logits[offset : offset + job.size])
+            offset += job.size
+
+    def _serve_forever(self) -> None:
+        while True:
+            jobs = self._gather()
+            if jobs:
+                self._run(jobs)

@@ -1,0 +1,107 @@
+"""Cross-request micro-batching: shared forward passes, same results, deadlines honoured."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from model_factory import WORDS
+
+from nli_service.deadline import Deadline, RequestTimedOut
+from nli_service.inference.batcher import MicroBatcher
+from nli_service.inference.engine import NLIEngine
+from nli_service.inference.types import NLI_LABELS, Pair
+
+
+def _pairs(count: int, seed: int) -> list[Pair]:
+    rng = random.Random(seed)
+    return [
+        Pair(" ".join(rng.choices(WORDS, k=rng.randint(3, 40))), " ".join(rng.choices(WORDS, k=4)))
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture
+def engine(model_dir: Path) -> NLIEngine:
+    return NLIEngine.from_pretrained(str(model_dir), batch_size=32)
+
+
+def _slow(engine: NLIEngine, seconds: float) -> list[int]:
+    """Make each forward pass take ``seconds``; returns the list of pairs per forward."""
+    forwarded: list[int] = []
+    original = engine.forward
+
+    def forward(encoded, chunk):
+        forwarded.append(len(chunk))
+        time.sleep(seconds)
+        return original(encoded, chunk)
+
+    engine.forward = forward
+    return forwarded
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_results(engine: NLIEngine) -> None:
+    expected = {i: engine.predict(_pairs(2, seed=i)) for i in range(12)}
+    forwarded = _slow(engine, 0.05)
+    batcher = MicroBatcher(engine, max_pairs=32, max_wait=0.005)
+    with ThreadPoolExecutor(12) as pool:
+        results = dict(zip(range(12), pool.map(lambda i: batcher.predict(_pairs(2, seed=i)), range(12)), strict=True))
+    assert len(forwarded) < 12, f"12 requests took {len(forwarded)} forward passes"
+    assert sum(forwarded) == 24
+    for i in range(12):
+        for got, want in zip(results[i], expected[i], strict=True):
+            assert max(abs(got.scores[k] - want.scores[k]) for k in NLI_LABELS) < 1e-5
+
+
+def test_a_request_past_its_deadline_in_the_queue_is_dropped_uncomputed(engine: NLIEngine) -> None:
+    forwarded = _slow(engine, 0.4)
+    batcher = MicroBatcher(engine, max_pairs=4, max_wait=0)
+    blocker = threading.Thread(target=batcher.predict, args=(_pairs(4, seed=1),))
+    blocker.start()
+    time.sleep(0.1)  # the batcher is busy with the blocker's forward pass
+    started = time.monotonic()
+    with pytest.raises(RequestTimedOut):
+        batcher.predict(_pairs(3, seed=2), Deadline(0.1))
+    assert time.monotonic() - started < 0.3, "answered at its deadline, not after the busy forward"
+    blocker.join()
+    time.sleep(0.1)
+    assert forwarded == [4], "the expired request was never computed"
+    assert len(batcher.predict(_pairs(1, seed=3))) == 1, "the batcher keeps serving"
+
+
+def test_a_failing_forward_reaches_every_request_of_the_batch(engine: NLIEngine) -> None:
+    def broken(encoded, chunk):
+        raise RuntimeError("boom")
+
+    engine.forward = broken
+    batcher = MicroBatcher(engine, max_pairs=32, max_wait=0.01)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(batcher.predict, _pairs(1, seed=i)) for i in range(4)]
+    for future in futures:
+        with pytest.raises(RuntimeError, match="boom"):
+            future.result()
+
+
+def test_threaded_app_batches_across_requests(make_app) -> None:
+    app = make_app(NLI_WORKER_CLASS="gthread", NLI_BATCH_SIZE=16)
+    pairs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in _pairs(16, seed=9)]
+    solo = [app.test_client().post("/predict", json=pair).get_json() for pair in pairs]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda pair: app.test_client().post("/predict", json=pair).get_json(), pairs))
+    for a, b in zip(solo, together, strict=True):
+        assert a["label"] == b["label"]
+        assert max(abs(a["scores"][k] - b["scores"][k]) for k in NLI_LABELS) < 1e-5
+
+
+def test_a_batch_whose_requests_all_gave_up_stops_between_chunks(engine: NLIEngine) -> None:
+    engine.batch_size = 2
+    forwarded = _slow(engine, 0.2)
+    batcher = MicroBatcher(engine, max_pairs=32, max_wait=0)
+    with pytest.raises(RequestTimedOut):
+        batcher.predict(_pairs(20, seed=4), Deadline(0.3))
+    time.sleep(0.5)
+    assert len(forwarded) <= 4, f"kept computing {len(forwarded)} chunks for nobody"
