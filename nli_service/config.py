@@ -123,6 +123,9 @@ class Settings:
     max_batch_tokens: int = _setting(
         "NLI_MAX_BATCH_TOKENS", "8192", _positive_int, "padded tokens per forward pass (caps long-text batches)"
     )
+    sort_by_length: bool = _setting(
+        "NLI_SORT_BY_LENGTH", "true", _boolean, "sort a request's pairs by length before chunking (less padding)"
+    )
     batch_wait_ms: float = _setting(
         "NLI_BATCH_WAIT_MS",
         "5",

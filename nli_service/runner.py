@@ -46,6 +46,7 @@ def _engine_key(settings: Settings) -> tuple[object, ...]:
         settings.batch_size,
         settings.max_length,
         settings.max_batch_tokens,
+        settings.sort_by_length,
     )
 
 
@@ -71,6 +72,7 @@ def load_engine(settings: Settings) -> NLIEngine:
             batch_size=settings.batch_size,
             max_length=settings.max_length,
             max_batch_tokens=settings.max_batch_tokens,
+            sort_by_length=settings.sort_by_length,
         )
         engine.observer = metrics.observe_forward
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)

@@ -109,14 +109,18 @@ def test_logits_are_float32_even_for_a_half_precision_model(models_root: Path) -
     assert engine.logits([Pair(*SAMPLE_PAIRS[0])]).dtype == torch.float32
 
 
+@pytest.mark.parametrize("sort", [True, False])
 @pytest.mark.parametrize("seed", range(20))
-def test_chunks_cover_every_pair_once_within_both_limits(seed: int) -> None:
+def test_chunks_cover_every_pair_once_within_both_limits(seed: int, sort: bool) -> None:
     rng = random.Random(seed)
     lengths = [rng.randint(1, 512) for _ in range(rng.randint(1, 300))]
     max_pairs, max_tokens = rng.randint(1, 64), rng.randint(512, 8192)
-    chunks = plan_chunks(lengths, max_pairs, max_tokens)
+    chunks = plan_chunks(lengths, max_pairs, max_tokens, sort)
     assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
     for chunk in chunks:
         assert len(chunk) <= max_pairs
         padded = max(lengths[i] for i in chunk) * len(chunk)
         assert len(chunk) == 1 or padded <= max_tokens
+    if sort:  # sorted chunks pad less than chunks in input order
+        padded_tokens = lambda plan: sum(max(lengths[i] for i in c) * len(c) for c in plan)  # noqa: E731
+        assert padded_tokens(chunks) <= padded_tokens(plan_chunks(lengths, max_pairs, max_tokens, sort=False))

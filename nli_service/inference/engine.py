@@ -78,23 +78,26 @@ def model_length_limit(tokenizer: Any, config: Any) -> int:
     return min(limits)
 
 
-def plan_chunks(lengths: Sequence[int], max_pairs: int, max_tokens: int) -> list[list[int]]:
+def plan_chunks(lengths: Sequence[int], max_pairs: int, max_tokens: int, sort: bool = True) -> list[list[int]]:
     """Group pair indices into forward passes, longest first.
 
     Sorting by length keeps padding small; a chunk closes when it holds
     ``max_pairs`` pairs or when padding it to its longest pair would exceed
-    ``max_tokens`` (a single pair always fits).
+    ``max_tokens`` (a single pair always fits). ``sort=False`` keeps input order
+    (the naive baseline of ``make bench``).
     """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True) if sort else range(len(lengths))
     chunks: list[list[int]] = []
+    widths: list[int] = []
     for index in order:
         if chunks:
-            current = chunks[-1]
-            padded_len = lengths[current[0]]
-            if len(current) < max_pairs and (len(current) + 1) * padded_len <= max_tokens:
-                current.append(index)
+            width = max(widths[-1], lengths[index])
+            if len(chunks[-1]) < max_pairs and (len(chunks[-1]) + 1) * width <= max_tokens:
+                chunks[-1].append(index)
+                widths[-1] = width
                 continue
         chunks.append([index])
+        widths.append(lengths[index])
     return chunks
 
 
@@ -111,6 +114,7 @@ class NLIEngine:
         batch_size: int = 8,
         max_length: int | None = None,
         max_batch_tokens: int = 8192,
+        sort_by_length: bool = True,
         load_seconds: float = 0.0,
     ) -> None:
         self.tokenizer = tokenizer
@@ -124,6 +128,7 @@ class NLIEngine:
         self.max_length = max_length or limit
         self.batch_size = batch_size
         self.max_batch_tokens = max(max_batch_tokens, self.max_length)
+        self.sort_by_length = sort_by_length
         self.load_seconds = load_seconds
         self.loaded_at = datetime.now(UTC)
         self.observer: ForwardObserver | None = None
@@ -192,7 +197,7 @@ class NLIEngine:
     def run(self, encoded: Encoded, deadline: Deadline | Checkable | None = None) -> torch.Tensor:
         """Forward every encoded pair in length-sorted chunks; logits back in input order."""
         output = torch.empty((len(encoded.lengths), len(self.labels.names)), dtype=torch.float32)
-        for chunk in plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens):
+        for chunk in plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length):
             if deadline is not None:
                 deadline.check()
             output[chunk] = self.forward(encoded, chunk)
