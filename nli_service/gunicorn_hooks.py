@@ -83,6 +83,14 @@ def when_ready(server: Any) -> None:
         server.log.info("metrics on %s:%s/metrics", settings.host, settings.metrics_port)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """In the master, before each fork: move the loaded objects out of the garbage collector's
+    reach, so collections in the workers do not write to (and un-share) the preloaded pages."""
+    import gc
+
+    gc.freeze()
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """In each new worker: size torch's thread pool for this worker count, then warm up."""
     from nli_service import runner

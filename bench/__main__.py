@@ -1,0 +1,286 @@
+"""``make bench`` / ``python -m bench``: every figure below comes from one run, side by side.
+
+1. Raw engine limit (no HTTP) at batch 1, 8, 32 for the chosen backend, and the other
+   backends (torch int8, ONNX fp32 / int8) against torch fp32: speed (median and range of
+   3 repeats) and agreement. A long-tail workload, length-sorted vs input order.
+2. The real service under Gunicorn with the production config (gthread workers with
+   cross-request micro-batching), driven by a separate load-generator process:
+   /batch-predict (32 pairs, 2 clients) and /predict (1, 4, 16 clients).
+3. The same with the guide's naive settings: 4 sync workers, torch's default threads
+   in each, no length sorting, no micro-batching.
+4. Memory: summed PSS of the 4-worker server vs one ``python app.py`` process.
+
+Writes bench-results/latest.json and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench.models import generated_model
+from bench.server import PROJECT_ROOT, Service, pss_mib
+from bench.workloads import as_json, long_tail, snli_pairs
+from nli_service.inference.types import NLI_LABELS, Pair
+
+CORES = len(os.sched_getaffinity(0))
+RESULTS = PROJECT_ROOT / "bench-results"
+
+
+# -- 1. the engine alone ----------------------------------------------------------------
+
+
+def _load_engine(model: str, backend: str = "torch", quantize: str = "none", **options: Any):
+    from nli_service.inference.engine import NLIEngine
+
+    engine = NLIEngine.from_pretrained(model, device="cpu", backend=backend, quantize=quantize, **options)
+    engine.start(threads=CORES)
+    return engine
+
+
+def _pairs_per_second(
+    engine,
+    pairs: list[Pair],
+    batch_size: int,
+    min_seconds: float,
+    call_size: int | None = None,
+    max_tokens: int | None = None,
+) -> tuple[float, list[float]]:
+    """Throughput over repeated passes through ``pairs`` sent ``call_size`` at a time
+    (default: one forward's worth), in forward passes of ``batch_size``; per-call latencies too."""
+    engine.batch_size, engine.max_batch_tokens = batch_size, max_tokens or batch_size * 512
+    call_size = call_size or batch_size
+    calls = [pairs[i : i + call_size] for i in range(0, len(pairs), call_size)]
+    latencies: list[float] = []
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < min_seconds:
+        for call in calls:
+            call_started = time.perf_counter()
+            engine.predict(call)
+            latencies.append(time.perf_counter() - call_started)
+            done += len(call)
+    return done / (time.perf_counter() - started), latencies
+
+
+def _agreement(reference: list, other: list) -> dict[str, float]:
+    same = sum(a.label == b.label for a, b in zip(reference, other, strict=True))
+    worst = max(abs(a.scores[k] - b.scores[k]) for a, b in zip(reference, other, strict=True) for k in NLI_LABELS)
+    return {"label_agreement": round(same / len(reference), 4), "max_probability_difference": round(worst, 5)}
+
+
+def measure_engine(model: str, backend: str, quantize: str, pairs: list[Pair], seconds: float) -> dict[str, Any]:
+    engine = _load_engine(model, backend, quantize)
+    raw: dict[str, Any] = {}
+    for batch_size in (1, 8, 32):
+        rate, latencies = _pairs_per_second(engine, pairs[:128], batch_size, seconds)
+        raw[f"batch_{batch_size}"] = round(rate, 2)
+        if batch_size == 1:
+            raw["batch_1_p50_ms"] = round(statistics.median(latencies) * 1000, 1)
+            raw["batch_1_p99_ms"] = round(sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000, 1)
+    print(f"raw engine ({backend}/{quantize}): {raw}", flush=True)
+
+    reference = _load_engine(model)
+    expected = reference.predict(pairs[:256])
+    variants: dict[str, Any] = {}
+    for other_backend, other_quantize in (("torch", "none"), ("torch", "int8"), ("onnx", "none"), ("onnx", "int8")):
+        variant = _load_engine(model, other_backend, other_quantize)
+        rates = [_pairs_per_second(variant, pairs[:128], 32, seconds / 2)[0] for _ in range(3)]
+        variants[f"{other_backend}/{other_quantize}"] = {
+            "pairs_per_second": round(statistics.median(rates), 2),
+            "range": [round(min(rates), 2), round(max(rates), 2)],
+            **_agreement(expected, variant.predict(pairs[:256])),
+        }
+        print(f"  {other_backend}/{other_quantize}: {variants[f'{other_backend}/{other_quantize}']}", flush=True)
+
+    # Requests of 64 pairs: the guide's way (input order, 8 per forward) against length-sorted
+    # chunks, first with the same 8 pairs per forward, then with 32 pairs under a 4096-token budget.
+    tail = long_tail(pairs[:256])
+    tail_rates = {}
+    for name, sort, batch_size, budget in (
+        ("unsorted_b8", False, 8, 8 * 512),
+        ("sorted_b8", True, 8, 8 * 512),
+        ("sorted_b32_4096_tokens", True, 32, 4096),
+    ):
+        engine.sort_by_length = sort
+        rate = _pairs_per_second(engine, tail, batch_size, seconds, call_size=64, max_tokens=budget)[0]
+        tail_rates[name] = round(rate, 2)
+    engine.sort_by_length = True
+    print(f"  long tail: {tail_rates}", flush=True)
+    return {"raw": raw, "backends": variants, "long_tail": tail_rates}
+
+
+# -- 2, 3. the service under load --------------------------------------------------------
+
+
+def _drive(service: Service, path: str, bodies: list[dict], concurrency: int, seconds: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+        json.dump(bodies, file)
+    command = [sys.executable, "-m", "bench.loadgen", service.url, path, file.name]
+    command += ["--concurrency", str(concurrency), "--duration", str(seconds)]
+    output = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+    os.unlink(file.name)
+    return json.loads(output)
+
+
+def measure_service(name: str, settings: dict[str, str], workers: int, pairs: list[Pair], seconds: float) -> dict:
+    service = Service(settings)
+    try:
+        service.wait_ready(workers)
+        singles = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs[:256]]
+        batches = [{"pairs": as_json(pairs[i : i + 32])} for i in range(0, 256, 32)]
+        _drive(service, "/predict", singles, 4, 2)  # warm-up
+        results = {"batch32_c2": _drive(service, "/batch-predict", batches, 2, seconds)}
+        for concurrency in (1, 4, 16):
+            results[f"single_c{concurrency}"] = _drive(service, "/predict", singles, concurrency, seconds)
+        results["pss_mib"] = service.pss_mib()
+        print(f"{name}: {json.dumps(results)}", flush=True)
+        return results
+    finally:
+        service.stop()
+
+
+def single_process_pss(model_settings: dict[str, str]) -> float:
+    service = Service(model_settings, dev_server=True)
+    try:
+        service.wait_ready(1)
+        return round(pss_mib(service.process.pid), 1)
+    finally:
+        service.stop()
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
+    """(target, measured ratio, required ratio, met) for each of the issue's targets."""
+    engine, tuned, naive = result["engine"], result["tuned"], result["naive"]
+    raw_limit = max(engine["raw"]["batch_8"], engine["raw"]["batch_32"])
+    fp32 = engine["backends"]["torch/none"]["pairs_per_second"]
+    best_int8 = max(engine["backends"][k]["pairs_per_second"] for k in ("torch/int8", "onnx/int8"))
+    raw_p50, raw_p99 = engine["raw"]["batch_1_p50_ms"], engine["raw"]["batch_1_p99_ms"]
+    tail = engine["long_tail"]
+    rows = [
+        ("/batch-predict (32 pairs, c=2) / raw limit", tuned["batch32_c2"]["pairs_per_second"] / raw_limit, 0.9),
+        ("/predict c=16 / raw limit", tuned["single_c16"]["pairs_per_second"] / raw_limit, 0.9),
+        (
+            "/predict c=16 / naive /predict c=16",
+            tuned["single_c16"]["pairs_per_second"] / max(naive["single_c16"]["pairs_per_second"], 1e-9),
+            5.0,
+        ),
+        ("best int8 / torch fp32 (raw, batch 32)", best_int8 / fp32, 2.5),
+        ("4 workers' PSS / one process (lower is better)", naive["pss_mib"]["total"] / result["single_pss_mib"], 1.5),
+        ("p99 at c=1 / raw batch-1 p50 latency (lower is better)", tuned["single_c1"]["p99_ms"] / raw_p50, 1.3),
+        ("p99 at c=1 / raw batch-1 p99 latency (lower is better)", tuned["single_c1"]["p99_ms"] / raw_p99, 1.3),
+        (
+            "long tail: sorted (b32, 4096 tokens) / unsorted (b8)",
+            tail["sorted_b32_4096_tokens"] / tail["unsorted_b8"],
+            3.0,
+        ),
+        ("long tail: sorted / unsorted, both b8", tail["sorted_b8"] / tail["unsorted_b8"], 3.0),
+    ]
+    lower_is_better = {4, 5, 6}
+    return [
+        (label, round(value, 2), need, value <= need if i in lower_is_better else value >= need)
+        for i, (label, value, need) in enumerate(rows)
+    ]
+
+
+def render(result: dict[str, Any]) -> str:
+    engine = result["engine"]
+    lines = [f"model: {result['model']}  backend: {result['backend']}/{result['quantize']}  cores: {CORES}", ""]
+    lines += ["| raw engine | batch 1 | batch 8 | batch 32 | batch-1 p50 / p99 ms |", "|---|---|---|---|---|"]
+    raw = engine["raw"]
+    lines += [
+        f"| pairs/s | {raw['batch_1']} | {raw['batch_8']} | {raw['batch_32']} | "
+        f"{raw['batch_1_p50_ms']} / {raw['batch_1_p99_ms']} |",
+        "",
+    ]
+    lines += ["| backend (batch 32) | pairs/s median | range (3 runs) | label agreement | max prob diff |"]
+    lines += ["|---|---|---|---|---|"]
+    for name, row in engine["backends"].items():
+        lines.append(
+            f"| {name} | {row['pairs_per_second']} | {row['range'][0]}–{row['range'][1]} | "
+            f"{row['label_agreement']:.2%} | {row['max_probability_difference']} |"
+        )
+    lines += [
+        "",
+        "| service | workload | pairs/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("tuned", "naive"):
+        for workload in ("batch32_c2", "single_c1", "single_c4", "single_c16"):
+            row = result[name][workload]
+            lines.append(
+                f"| {name} | {workload} | {row['pairs_per_second']} | {row['p50_ms']} | {row['p95_ms']} | "
+                f"{row['p99_ms']} | {row['errors']} |"
+            )
+    lines += [
+        "",
+        f"PSS: 4-worker server {result['naive']['pss_mib']['total']} MiB "
+        f"({result['naive']['pss_mib']['processes']} processes), tuned server "
+        f"{result['tuned']['pss_mib']['total']} MiB, one process {result['single_pss_mib']} MiB",
+    ]
+    lines += [f"long tail (10 % premises of 200–400 words), requests of 64 pairs, pairs/s: {engine['long_tail']}", ""]
+    lines += ["| target | measured | required | met |", "|---|---|---|---|"]
+    lines += [f"| {label} | {value} | {need} | {'yes' if ok else 'NO'} |" for label, value, need, ok in targets(result)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model folder or hub id (default: a generated distilroberta-base-sized model)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none")
+    parser.add_argument("--seconds", type=float, default=8, help="seconds per measured workload")
+    args = parser.parse_args()
+
+    RESULTS.mkdir(exist_ok=True)
+    model = args.model or str(generated_model(RESULTS / "models"))
+    pairs = snli_pairs(512)
+    started = time.monotonic()
+    result: dict[str, Any] = {"model": model, "backend": args.backend, "quantize": args.quantize}
+    result["engine"] = measure_engine(model, args.backend, args.quantize, pairs, args.seconds)
+    common = {
+        "NLI_MODEL": model,
+        "NLI_BACKEND": args.backend,
+        "NLI_QUANTIZE": args.quantize,
+        "NLI_LOG_DIR": str(RESULTS / "logs"),
+        "NLI_ONNX_CACHE": str(RESULTS / "onnx"),
+    }
+    tuned = {
+        **common,
+        "NLI_WORKER_CLASS": "gthread",
+        "NLI_WORKERS": "2",
+        "NLI_THREADS": "16",
+        "NLI_BATCH_SIZE": "16",
+        "NLI_BATCH_WAIT_MS": "5",
+    }
+    naive = {**common, "NLI_WORKERS": "4", "NLI_TORCH_THREADS": str(CORES), "NLI_SORT_BY_LENGTH": "false"}
+    result["tuned_settings"], result["naive_settings"] = tuned, naive
+    result["tuned"] = measure_service("tuned", tuned, int(tuned["NLI_WORKERS"]), pairs, args.seconds)
+    result["naive"] = measure_service("naive", naive, 4, pairs, args.seconds)
+    result["single_pss_mib"] = single_process_pss(common)
+    result["seconds"] = round(time.monotonic() - started, 1)
+
+    table = render(result)
+    print("\n" + table)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    docs = PROJECT_ROOT / "docs" / "benchmarks.md"
+    docs.parent.mkdir(exist_ok=True)
+    command = "make bench" + (f" ARGS='--model {args.model}'" if args.model else "")
+    docs.write_text(
+        f"# Benchmarks\n\nProduced by `{command}` on {time.strftime('%Y-%m-%d')} "
+        f"({CORES} cores, {result['seconds']} s). Every ratio compares figures from this one run.\n\n"
+        f"{table}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
