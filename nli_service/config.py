@@ -174,12 +174,16 @@ class Settings:
         "NLI_TORCH_THREADS", "auto", _optional_positive_int, "torch threads per worker (auto: cores // workers)"
     )
 
+    model_is_default: bool = field(default=True, metadata={})  # NLI_MODEL unset: may fall back to the bundled model
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from ``environ`` (default: ``os.environ``)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in fields(cls):
+            if "env" not in spec.metadata:
+                continue
             env, default, parse = spec.metadata["env"], spec.metadata["default"], spec.metadata["parse"]
             raw = str(environ.get(env, default))
             try:
@@ -188,6 +192,7 @@ class Settings:
                 raise ConfigError(f"{env}={raw!r} is invalid: {error}") from None
         if _boolean(environ.get("HF_HUB_OFFLINE", "0") or "0"):
             values["offline"] = True
+        values["model_is_default"] = "NLI_MODEL" not in environ
         return cls(**values)
 
     def torch_threads_for(self, workers: int) -> int:
@@ -200,4 +205,4 @@ class Settings:
 
 def documented_settings() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, for docs and ``--help``."""
-    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]
+    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings) if f.metadata]

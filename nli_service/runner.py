@@ -41,6 +41,7 @@ _batchers_lock = threading.Lock()
 def _engine_key(settings: Settings) -> tuple[object, ...]:
     return (
         settings.model,
+        settings.model_is_default,
         settings.device,
         settings.dtype,
         settings.batch_size,
@@ -69,6 +70,7 @@ def load_engine(settings: Settings) -> NLIEngine:
             quantize=settings.quantize,
             offline=settings.offline,
             hub_timeout=settings.hub_timeout,
+            fallback=settings.model_is_default,
             batch_size=settings.batch_size,
             max_length=settings.max_length,
             max_batch_tokens=settings.max_batch_tokens,

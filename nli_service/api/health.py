@@ -21,6 +21,7 @@ def health() -> dict:
     return {
         "status": "ok" if engine is not None else "loading",
         "model": engine.model_id if engine is not None else None,
+        "fallback": engine.source.fallback_from is not None if engine is not None else False,
         "model_loaded_at": engine.loaded_at.isoformat() if engine is not None else None,
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
         "pid": os.getpid(),

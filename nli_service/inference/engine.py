@@ -144,11 +144,12 @@ class NLIEngine:
         quantize: str = "none",
         offline: bool = False,
         hub_timeout: float = 5.0,
+        fallback: bool = False,
         **options: Any,
     ) -> NLIEngine:
-        """Find and load ``model`` (hub id or folder); raises :class:`ModelLoadError`."""
+        """Find and load ``model`` (hub id, folder or ``bundled``); raises :class:`ModelLoadError`."""
         started = time.perf_counter()
-        source = resolve_model(model, offline=offline, hub_timeout=hub_timeout)
+        source = resolve_model(model, offline=offline, hub_timeout=hub_timeout, fallback=fallback)
         torch_device = resolve_device(device)
         if torch_device.type != "cpu" and (backend != "torch" or quantize != "none"):
             raise ModelLoadError(f"NLI_BACKEND={backend} with NLI_QUANTIZE={quantize} runs on the CPU only")
@@ -285,6 +286,8 @@ class NLIEngine:
         return {
             "id": self.model_id,
             "source": self.source.origin,
+            "fallback": self.source.fallback_from is not None,
+            "requested_model": self.source.fallback_from or self.model_id,
             "path": self.source.path,
             "labels": list(self.labels.names),
             "model_type": self.model.config.model_type,

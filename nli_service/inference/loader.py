@@ -31,11 +31,31 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model was found: ``origin`` is ``local``, ``cache`` or ``hub``."""
+    """Where a model was found: ``origin`` is ``local``, ``cache``, ``hub`` or ``bundled``.
+
+    ``fallback_from`` names the default model that could not be had, when the bundled
+    model stands in for it.
+    """
 
     name: str
     path: str
     origin: str
+    fallback_from: str | None = None
+
+
+BUNDLED_NAME = "bundled"
+
+
+def bundled_model_dir() -> Path:
+    """The compact NLI model shipped in the repository (``NLI_BUNDLED_MODEL_DIR`` overrides)."""
+    default = Path(__file__).resolve().parents[2] / "models" / "nli-minilm-l6"
+    return Path(os.environ.get("NLI_BUNDLED_MODEL_DIR", default))
+
+
+def _bundled(fallback_from: str | None = None) -> ModelSource:
+    folder = bundled_model_dir()
+    source = _local_folder(str(folder))
+    return ModelSource(f"bundled/{folder.name}", source.path, "bundled", fallback_from)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -97,8 +117,24 @@ def _download(name: str, timeout: float) -> str:
         raise ModelLoadError(f"downloading model {name!r} failed ({type(error).__name__}: {error}); {fix}") from None
 
 
-def resolve_model(name: str, *, offline: bool, hub_timeout: float) -> ModelSource:
-    """Find ``name`` as a local folder, in the hub cache, or (unless offline) on the hub."""
+def resolve_model(name: str, *, offline: bool, hub_timeout: float, fallback: bool = False) -> ModelSource:
+    """Find ``name``: ``bundled``, a local folder, the hub cache, or (unless offline) the hub.
+
+    With ``fallback`` (NLI_MODEL left unset), a model that cannot be had is replaced by the
+    bundled one, with a warning; an explicitly chosen model never falls back.
+    """
+    if name == BUNDLED_NAME:
+        return _bundled()
+    try:
+        return _find(name, offline=offline, hub_timeout=hub_timeout)
+    except ModelLoadError as error:
+        if not fallback or not (bundled_model_dir() / "config.json").is_file():
+            raise
+        log.warning("default model unavailable; serving the bundled model", extra={"reason": str(error)})
+        return _bundled(fallback_from=name)
+
+
+def _find(name: str, *, offline: bool, hub_timeout: float) -> ModelSource:
     if Path(name).expanduser().exists() or _looks_like_path(name):
         return _local_folder(name)
     from huggingface_hub.utils import HFValidationError, validate_repo_id
