@@ -1,0 +1,1 @@
+"""Training and evaluation of the bundled compact NLI model (not part of the service)."""

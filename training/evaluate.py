@@ -1,0 +1,188 @@
+"""Evaluate an NLI model with the service's own engine, or through a running service.
+
+``python -m training.evaluate [--model M] [--url URL] [--sets snli,mnli,...] [--write-card]``
+(``make eval``). Reports accuracy and macro-F1 on SNLI test, odd-index MNLI dev-matched,
+ANLI R1-R3 test, SICK test and RTE (entailment vs not); expected calibration error on
+SNLI test; agreement with ChaosNLI's 100 human votes per pair (mean Jensen-Shannon
+distance, accuracy against the majority); pairs/s. ``--url`` sends the same pairs to a
+running service's ``/batch-predict`` instead: the accuracy must be identical.
+``--write-card`` writes the table into the model card and the project README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from training import nli_data
+from training.nli_data import NLI_LABELS, Example, VotedExample
+
+Scores = list[dict[str, float]]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SETS: dict[str, Callable[[], list[Example]]] = {
+    "snli_test": nli_data.snli_test,
+    "mnli_m_odd": nli_data.mnli_odd,
+    "anli_r1": lambda: nli_data.anli_test(1),
+    "anli_r2": lambda: nli_data.anli_test(2),
+    "anli_r3": lambda: nli_data.anli_test(3),
+    "sick_test": nli_data.sick_test,
+    "rte_val": nli_data.rte_validation,
+}
+START, END = "<!-- eval:start -->", "<!-- eval:end -->"
+
+
+def engine_scorer(model: str, batch_size: int) -> Callable[[Sequence[tuple[str, str]]], Scores]:
+    """Score pairs with the service's engine (same code path as the HTTP service)."""
+    import torch
+
+    from nli_service.inference.engine import NLIEngine
+    from nli_service.inference.types import Pair
+
+    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    engine = NLIEngine.from_pretrained(model, device="cpu", batch_size=batch_size)
+    return lambda pairs: [p.scores for p in engine.predict([Pair(a, b) for a, b in pairs])]
+
+
+def http_scorer(url: str, chunk: int) -> Callable[[Sequence[tuple[str, str]]], Scores]:
+    """Score pairs through a running service's /batch-predict."""
+
+    def score(pairs: Sequence[tuple[str, str]]) -> Scores:
+        out: Scores = []
+        for start in range(0, len(pairs), chunk):
+            body = {"pairs": [{"premise": a, "hypothesis": b} for a, b in pairs[start : start + chunk]]}
+            request = urllib.request.Request(
+                f"{url.rstrip('/')}/batch-predict", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=300) as response:
+                out += [r["scores"] for r in json.loads(response.read())["results"]]
+        return out
+
+    return score
+
+
+def _label(scores: dict[str, float], two_way: bool) -> str:
+    top = max(scores, key=scores.__getitem__)
+    return top if not two_way or top == "entailment" else "not_entailment"
+
+
+def classification_metrics(examples: list[Example], scores: Scores) -> dict[str, float]:
+    two_way = any(e.label == "not_entailment" for e in examples)
+    predicted = [_label(s, two_way) for s in scores]
+    gold = [e.label for e in examples]
+    labels = sorted(set(gold))
+    f1s = []
+    for label in labels:
+        tp = sum(p == g == label for p, g in zip(predicted, gold, strict=True))
+        fp = sum(p == label != g for p, g in zip(predicted, gold, strict=True))
+        fn = sum(g == label != p for p, g in zip(predicted, gold, strict=True))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    accuracy = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+    return {"pairs": len(gold), "accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}
+
+
+def expected_calibration_error(examples: list[Example], scores: Scores, bins: int = 15) -> float:
+    buckets: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    for example, score in zip(examples, scores, strict=True):
+        label = max(score, key=score.__getitem__)
+        confidence = score[label]
+        buckets[min(int(confidence * bins), bins - 1)].append((confidence, label == example.label))
+    total = len(examples)
+    return sum(
+        len(b) / total * abs(sum(c for c, _ in b) / len(b) - sum(ok for _, ok in b) / len(b)) for b in buckets if b
+    )
+
+
+def human_agreement(examples: list[VotedExample], scores: Scores) -> dict[str, float]:
+    """Mean Jensen-Shannon distance to the human vote distribution, and majority accuracy."""
+
+    def kl(p: list[float], q: list[float]) -> float:
+        return sum(a * math.log2(a / b) for a, b in zip(p, q, strict=True) if a > 0)
+
+    distances, hits = [], 0
+    for example, score in zip(examples, scores, strict=True):
+        human = [example.votes.get(label, 0.0) for label in NLI_LABELS]
+        model = [score[label] for label in NLI_LABELS]
+        middle = [(a + b) / 2 for a, b in zip(human, model, strict=True)]
+        distances.append(math.sqrt(max(0.0, (kl(human, middle) + kl(model, middle)) / 2)))
+        hits += max(example.votes, key=example.votes.get) == max(score, key=score.__getitem__)
+    return {"pairs": len(examples), "jsd": sum(distances) / len(distances), "majority_accuracy": hits / len(examples)}
+
+
+def evaluate(score: Callable[[Sequence[tuple[str, str]]], Scores], names: list[str]) -> dict:
+    results: dict = {"sets": {}}
+    pairs_done, started = 0, time.perf_counter()
+    for name in names:
+        examples = SETS[name]()
+        scores = score([(e.premise, e.hypothesis) for e in examples])
+        pairs_done += len(examples)
+        results["sets"][name] = classification_metrics(examples, scores)
+        if name == "snli_test":
+            results["sets"][name]["ece"] = expected_calibration_error(examples, scores)
+        print(name, json.dumps(results["sets"][name]), flush=True)
+    for subset in ("snli", "mnli_m"):
+        examples = nli_data.chaosnli(subset)
+        results[f"chaosnli_{subset}"] = human_agreement(examples, score([(e.premise, e.hypothesis) for e in examples]))
+        pairs_done += len(examples)
+        print(f"chaosnli_{subset}", json.dumps(results[f"chaosnli_{subset}"]), flush=True)
+    results["pairs_per_second"] = pairs_done / (time.perf_counter() - started)
+    return results
+
+
+def render(model: str, results: dict) -> str:
+    lines = [f"Model `{model}`, produced by `make eval` ({results['pairs_per_second']:.0f} pairs/s on this CPU).", ""]
+    lines += ["| set | pairs | accuracy | macro-F1 |", "|---|---|---|---|"]
+    for name, row in results["sets"].items():
+        lines.append(f"| {name} | {row['pairs']} | {row['accuracy']:.2%} | {row['macro_f1']:.3f} |")
+    if "snli_test" in results["sets"]:
+        lines += ["", f"Expected calibration error on SNLI test (15 bins): {results['sets']['snli_test']['ece']:.3f}."]
+    lines += [
+        "",
+        "| ChaosNLI | pairs | mean JS distance to human votes | accuracy vs human majority |",
+        "|---|---|---|---|",
+    ]
+    for subset in ("snli", "mnli_m"):
+        row = results.get(f"chaosnli_{subset}")
+        if row:
+            lines.append(f"| {subset} | {row['pairs']} | {row['jsd']:.3f} | {row['majority_accuracy']:.2%} |")
+    return "\n".join(lines)
+
+
+def write_between_markers(path: Path, table: str) -> None:
+    text = path.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1]
+        path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bundled", help="model folder, hub id or 'bundled' (default)")
+    parser.add_argument("--url", help="evaluate through this running service instead of the engine")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from: {', '.join(SETS)}")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--write-card", action="store_true", help="put the table in the model card and README")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    names = [name for name in args.sets.split(",") if name]
+    score = http_scorer(args.url, 64) if args.url else engine_scorer(args.model, args.batch_size)
+    results = evaluate(score, names)
+    table = render(args.url or args.model, results)
+    print("\n" + table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.write_card:
+        from nli_service.inference.loader import bundled_model_dir
+
+        for path in (bundled_model_dir() / "README.md", PROJECT_ROOT / "README.md"):
+            write_between_markers(path, table)
+
+
+if __name__ == "__main__":
+    main()
