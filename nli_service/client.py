@@ -1,0 +1,318 @@
+"""Python clients for nli-service: :class:`NLIClient` (threads) and :class:`AsyncNLIClient` (asyncio).
+
+Both retry connection errors, 429 and 503 with exponential backoff and jitter, honouring
+``Retry-After``; they never retry other 4xx answers. Errors carry the status, the
+server's message and the request id. ``rate``/``burst`` set a client-side token bucket.
+``NLIClient.submit`` runs a call in the background with bounded concurrency and returns a
+``concurrent.futures.Future``; its ``callback`` is called exactly once, with the result
+or the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from nli_service.inference.types import DEFAULT_TEMPLATE, ZeroShotResult
+from nli_service.inference.types import Prediction as PredictResult
+
+RETRIED_STATUSES = {429, 502, 503, 504}
+PairLike = tuple[str, str] | dict[str, str]
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+class NLIError(Exception):
+    """Any failure of a call to the service."""
+
+
+class NLIConnectionError(NLIError):
+    """The service could not be reached (after the retries)."""
+
+
+class NLIHTTPError(NLIError):
+    """The service answered with an error status."""
+
+    def __init__(self, status: int, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}" + (f" (request id {request_id})" if request_id else ""))
+        self.status, self.message, self.request_id = status, message, request_id
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        message = body.get("error", response.text)
+    except ValueError:
+        body, message = {}, response.text or response.reason_phrase
+    request_id = body.get("request_id") or response.headers.get("X-Request-ID")
+    raise NLIHTTPError(response.status_code, message, request_id)
+
+
+def _pair_json(pair: PairLike) -> dict[str, str]:
+    if isinstance(pair, dict):
+        return {"premise": pair["premise"], "hypothesis": pair["hypothesis"]}
+    premise, hypothesis = pair
+    return {"premise": premise, "hypothesis": hypothesis}
+
+
+def _zero_shot_body(text: str | Sequence[str], labels: Sequence[str], template: str, multi_label: bool) -> dict:
+    body: dict[str, Any] = {"labels": list(labels), "hypothesis_template": template, "multi_label": multi_label}
+    body["text" if isinstance(text, str) else "texts"] = text if isinstance(text, str) else list(text)
+    return body
+
+
+def _zero_shot_results(text: str | Sequence[str], body: dict) -> ZeroShotResult | list[ZeroShotResult]:
+    if isinstance(text, str):
+        return ZeroShotResult(body["labels"], body["scores"])
+    return [ZeroShotResult(r["labels"], r["scores"]) for r in body["results"]]
+
+
+# -- rate limiting and retries ----------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` calls per second on average, at most ``burst`` at once; thread-safe, no busy wait.
+
+    Each call reserves a token, possibly one that will only exist later, and sleeps until then.
+    """
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a token; returns the seconds to wait before using it."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= 1
+            return max(0.0, -self._tokens / self.rate)
+
+    def acquire(self) -> None:
+        time.sleep(self.reserve())
+
+    async def acquire_async(self) -> None:
+        await asyncio.sleep(self.reserve())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3
+    backoff: float = 0.5  # seconds before the first retry, doubled each time
+    max_backoff: float = 20.0
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Seconds before retry ``attempt`` (0-based): Retry-After if given, else backoff with jitter."""
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_backoff)
+            except ValueError:
+                pass
+        return min(self.backoff * 2**attempt, self.max_backoff) * random.uniform(0.5, 1.0)
+
+    def should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
+        return attempt < self.retries and (response is None or response.status_code in RETRIED_STATUSES)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+# -- the synchronous client -------------------------------------------------------------
+
+
+class _ClientSettings:
+    """What both clients share: retries, the rate limiter, concurrency, the server's pair limit."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 60.0,
+        retries: int = 3,
+        api_key: str | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        max_concurrency: int = 8,
+        backoff: float = 0.5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http_options = {"base_url": self.base_url, "timeout": timeout, "headers": _headers(api_key)}
+        self.retry = RetryPolicy(retries=retries, backoff=backoff)
+        self.bucket = TokenBucket(rate, burst) if rate else None
+        self.max_concurrency = max_concurrency
+        self._max_pairs: int | None = None
+
+
+class NLIClient(_ClientSettings):
+    """A thread-safe client; use it as a context manager or call :meth:`close`."""
+
+    def __init__(self, base_url: str, **options: Any) -> None:
+        """Options: timeout, retries, api_key, rate, burst, max_concurrency, backoff."""
+        super().__init__(base_url, **options)
+        self._http = httpx.Client(**self.http_options)
+        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="nli-client")
+
+    def __enter__(self) -> NLIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        attempt = 0
+        while True:
+            if self.bucket is not None:
+                self.bucket.acquire()
+            try:
+                response: httpx.Response | None = self._http.request(method, path, json=body)
+            except httpx.TransportError as error:
+                response, failure = None, error
+            if not self.retry.should_retry(attempt, response):
+                if response is None:
+                    raise NLIConnectionError(f"cannot reach {self._http.base_url}: {failure}") from failure
+                _raise_for(response)
+                return response.json()
+            time.sleep(self.retry.delay(attempt, response))
+            attempt += 1
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def model_info(self) -> dict:
+        return self._call("GET", "/model")
+
+    def predict(self, premise: str, hypothesis: str) -> PredictResult:
+        body = self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis})
+        return PredictResult(body["label"], body["scores"])
+
+    def max_pairs(self) -> int:
+        if self._max_pairs is None:
+            self._max_pairs = int(self.model_info().get("max_pairs", 64))
+        return self._max_pairs
+
+    def batch_predict(self, pairs: Sequence[PairLike], chunk_size: int | None = None) -> list[PredictResult]:
+        """Classify any number of pairs, in requests of at most the server's limit, in order."""
+        size = chunk_size or self.max_pairs()
+        results: list[PredictResult] = []
+        for start in range(0, len(pairs), size):
+            chunk = [_pair_json(pair) for pair in pairs[start : start + size]]
+            body = self._call("POST", "/batch-predict", {"pairs": chunk})
+            results += [PredictResult(r["label"], r["scores"]) for r in body["results"]]
+        return results
+
+    def zero_shot(
+        self,
+        text: str | Sequence[str],
+        labels: Sequence[str],
+        hypothesis_template: str = DEFAULT_TEMPLATE,
+        multi_label: bool = False,
+    ) -> ZeroShotResult | list[ZeroShotResult]:
+        """Rank ``labels`` for ``text`` (a string: one result; a list of texts: a list)."""
+        body = self._call("POST", "/zero-shot", _zero_shot_body(text, labels, hypothesis_template, multi_label))
+        return _zero_shot_results(text, body)
+
+    def submit(
+        self,
+        method: str | Callable[..., Any],
+        *args: Any,
+        callback: Callable[[Any], None] | None = None,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``self.<method>(*args, **kwargs)`` (or any callable) in the background, at most
+        ``max_concurrency`` at once. ``callback`` gets the result, or the exception, exactly once.
+        """
+        function = getattr(self, method) if isinstance(method, str) else method
+        future = self._pool.submit(function, *args, **kwargs)
+        if callback is not None:
+            future.add_done_callback(lambda done: callback(done.exception() or done.result()))
+        return future
+
+
+# -- the asyncio client -----------------------------------------------------------------
+
+
+class AsyncNLIClient(_ClientSettings):
+    """The same calls as :class:`NLIClient`, as coroutines; ``async with`` it or ``await close()``."""
+
+    def __init__(self, base_url: str, **options: Any) -> None:
+        """Options: timeout, retries, api_key, rate, burst, max_concurrency, backoff."""
+        super().__init__(base_url, **options)
+        self._http = httpx.AsyncClient(**self.http_options)
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+
+    async def __aenter__(self) -> AsyncNLIClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        attempt = 0
+        async with self._slots:
+            while True:
+                if self.bucket is not None:
+                    await self.bucket.acquire_async()
+                try:
+                    response: httpx.Response | None = await self._http.request(method, path, json=body)
+                except httpx.TransportError as error:
+                    response, failure = None, error
+                if not self.retry.should_retry(attempt, response):
+                    if response is None:
+                        raise NLIConnectionError(f"cannot reach {self._http.base_url}: {failure}") from failure
+                    _raise_for(response)
+                    return response.json()
+                await asyncio.sleep(self.retry.delay(attempt, response))
+                attempt += 1
+
+    async def health(self) -> dict:
+        return await self._call("GET", "/health")
+
+    async def model_info(self) -> dict:
+        return await self._call("GET", "/model")
+
+    async def predict(self, premise: str, hypothesis: str) -> PredictResult:
+        body = await self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis})
+        return PredictResult(body["label"], body["scores"])
+
+    async def batch_predict(self, pairs: Sequence[PairLike], chunk_size: int | None = None) -> list[PredictResult]:
+        if chunk_size is None:
+            if self._max_pairs is None:
+                self._max_pairs = int((await self.model_info()).get("max_pairs", 64))
+            chunk_size = self._max_pairs
+        chunks = [[_pair_json(p) for p in pairs[i : i + chunk_size]] for i in range(0, len(pairs), chunk_size)]
+        bodies = await asyncio.gather(*(self._call("POST", "/batch-predict", {"pairs": c}) for c in chunks))
+        return [PredictResult(r["label"], r["scores"]) for body in bodies for r in body["results"]]
+
+    async def zero_shot(
+        self,
+        text: str | Sequence[str],
+        labels: Sequence[str],
+        hypothesis_template: str = DEFAULT_TEMPLATE,
+        multi_label: bool = False,
+    ) -> ZeroShotResult | list[ZeroShotResult]:
+        body = await self._call("POST", "/zero-shot", _zero_shot_body(text, labels, hypothesis_template, multi_label))
+        return _zero_shot_results(text, body)
