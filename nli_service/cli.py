@@ -34,16 +34,7 @@ class LocalEngine:
         from nli_service.config import Settings
         from nli_service.inference.engine import NLIEngine
 
-        settings = Settings.from_env()
-        self.engine = NLIEngine.from_pretrained(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            offline=settings.offline,
-            hub_timeout=settings.hub_timeout,
-            fallback=settings.model_is_default,
-            batch_size=settings.batch_size,
-        )
+        self.engine = NLIEngine.from_settings(Settings.from_env())
 
     def predict(self, premise: str, hypothesis: str) -> Any:
         from nli_service.inference.types import Pair
@@ -167,9 +158,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         max_concurrency=args.concurrency,
     )
     job = BatchJob(client, labels, args.template)
+    chunk_size = min(args.chunk_size, client.max_pairs() // (len(labels) if labels else 1) or 1)
     written = failed = 0
     rows = _rows(args.input, skip)
-    groups = iter(lambda: list(itertools.islice(rows, args.chunk_size)), [])
+    groups = iter(lambda: list(itertools.islice(rows, chunk_size)), [])
     with (
         client,
         args.output.open("a" if args.resume else "w", encoding="utf-8") as out,
@@ -237,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     batch.add_argument("--burst", type=int, default=1, help="requests allowed at once above the rate")
     batch.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     batch.add_argument("--resume", action="store_true", help="skip rows already answered in OUTPUT")
-    batch.add_argument("--chunk-size", type=int, default=32, help="rows per request")
+    batch.add_argument("--chunk-size", type=int, default=32, help="rows per request (at most the server's limit)")
     with_url(batch, required=True)
     batch.set_defaults(run=cmd_batch)
     return main

@@ -62,20 +62,7 @@ def load_engine(settings: Settings) -> NLIEngine:
             # Maybe the Gunicorn master before fork: a single thread never starts the
             # OpenMP pool (a dtype cast while loading could), which children would inherit broken.
             set_torch_threads(1)
-        engine = NLIEngine.from_pretrained(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            backend=settings.backend,
-            quantize=settings.quantize,
-            offline=settings.offline,
-            hub_timeout=settings.hub_timeout,
-            fallback=settings.model_is_default,
-            batch_size=settings.batch_size,
-            max_length=settings.max_length,
-            max_batch_tokens=settings.max_batch_tokens,
-            sort_by_length=settings.sort_by_length,
-        )
+        engine = NLIEngine.from_settings(settings)
         engine.observer = metrics.observe_forward
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})

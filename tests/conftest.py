@@ -39,6 +39,18 @@ def roberta_model_dir(models_root: Path) -> Path:
     return build_model(models_root / "tiny-roberta", architecture="roberta")
 
 
+@pytest.fixture(scope="module")
+def tiny_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model under Gunicorn, 2 workers, at most 4 pairs per request."""
+    from serving import GUNICORN, running, service_env
+
+    logs = tmp_path_factory.mktemp("logs")
+    with running(
+        GUNICORN, service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_MAX_PAIRS=4, NLI_LOG_DIR=logs)
+    ) as service:
+        yield service
+
+
 @pytest.fixture
 def make_app(tmp_path: Path, model_dir: Path):
     """``make_app(**settings)``: an app on the tiny model, logging under tmp_path."""

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +111,14 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{label}="{wanted}"' in label_text for label, wanted in labels.items()):
             total += value
     return total
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str]) -> Iterator[RunningService]:
+    """A started, ready service, stopped on exit."""
+    service = start(command, env)
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()

@@ -9,22 +9,13 @@ from pathlib import Path
 
 import pytest
 from model_factory import SAMPLE_PAIRS
-from serving import GUNICORN, PROJECT_ROOT, service_env, start
+from serving import PROJECT_ROOT, service_env
 
 CLI = [sys.executable, "-m", "nli_service.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_MAX_PAIRS=8, NLI_LOG_DIR=tmp_path_factory.mktemp("logs"))
-    service = start(GUNICORN, env)
-    service.wait_ready()
-    yield service
-    service.stop()
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["predict"], ["zero-shot"], ["batch"]])
@@ -37,8 +28,8 @@ def test_usage_errors_exit_2() -> None:
     assert run("predict", "only-one-argument").returncode == 2
 
 
-def test_predict_over_http_and_locally_agree(server, model_dir: Path) -> None:
-    remote = run("predict", *SAMPLE_PAIRS[0], "--url", server.url)
+def test_predict_over_http_and_locally_agree(tiny_server, model_dir: Path) -> None:
+    remote = run("predict", *SAMPLE_PAIRS[0], "--url", tiny_server.url)
     local = run("predict", *SAMPLE_PAIRS[0], env=service_env(NLI_MODEL=model_dir))
     assert remote.returncode == 0 == local.returncode, remote.stderr + local.stderr
     a, b = json.loads(remote.stdout), json.loads(local.stdout)
@@ -58,14 +49,16 @@ def test_an_unreachable_service_exits_3() -> None:
     assert result.returncode == 3 and "cannot reach" in result.stderr
 
 
-def test_batch_writes_in_order_reports_failed_rows_and_resumes(server, tmp_path: Path) -> None:
+def test_batch_writes_in_order_reports_failed_rows_and_resumes(tiny_server, tmp_path: Path) -> None:
     rows = [{"premise": p, "hypothesis": h} for p, h in SAMPLE_PAIRS] * 5  # 20 rows
     rows[7] = {"premise": "", "hypothesis": "empty premise"}
     rows[12] = {"text": "no premise"}
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows) + "not json\n")
     out = tmp_path / "out.jsonl"
-    first = run("batch", str(source), "-o", str(out), "--url", server.url, "--chunk-size", "4", "--concurrency", "3")
+    first = run(
+        "batch", str(source), "-o", str(out), "--url", tiny_server.url, "--chunk-size", "4", "--concurrency", "3"
+    )
     assert first.returncode == 1, first.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["row"] for r in records] == list(range(21))
@@ -76,15 +69,15 @@ def test_batch_writes_in_order_reports_failed_rows_and_resumes(server, tmp_path:
     assert "21 rows written, 3 failed" in first.stderr
 
     out.write_text("".join(line + "\n" for line in out.read_text().splitlines()[:10]))  # as if interrupted
-    second = run("batch", str(source), "-o", str(out), "--url", server.url, "--resume")
+    second = run("batch", str(source), "-o", str(out), "--url", tiny_server.url, "--resume")
     assert "11 rows written" in second.stderr and "10 skipped" in second.stderr
     assert [json.loads(line)["row"] for line in out.read_text().splitlines()] == list(range(21))
 
 
-def test_batch_zero_shot(server, tmp_path: Path) -> None:
+def test_batch_zero_shot(tiny_server, tmp_path: Path) -> None:
     source = tmp_path / "texts.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["A dog runs.", "A man sings."]))
     out = tmp_path / "labels.jsonl"
-    result = run("batch", str(source), "-o", str(out), "--url", server.url, "--labels", "animal,music")
+    result = run("batch", str(source), "-o", str(out), "--url", tiny_server.url, "--labels", "animal,music")
     assert result.returncode == 0, result.stderr
     assert [sorted(json.loads(line)["labels"]) for line in out.read_text().splitlines()] == [["animal", "music"]] * 2

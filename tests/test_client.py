@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 from model_factory import SAMPLE_PAIRS
-from serving import GUNICORN, service_env, start
 
 from nli_service.client import AsyncNLIClient, NLIClient, NLIConnectionError, NLIHTTPError, TokenBucket
 
 PAIRS = [(p, h) for p, h in SAMPLE_PAIRS] * 3  # 12 pairs; the server takes 4 per request
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_MAX_PAIRS=4, NLI_LOG_DIR=tmp_path_factory.mktemp("logs"))
-    service = start(GUNICORN, env)
-    service.wait_ready()
-    yield service
-    service.stop()
 
 
 def access_records(server, path: str) -> list[dict]:
@@ -32,8 +22,8 @@ def access_records(server, path: str) -> list[dict]:
     return [r for r in map(json.loads, log.read_text().splitlines()) if r.get("path") == path]
 
 
-def test_batch_predict_splits_by_the_server_limit_and_keeps_order(server) -> None:
-    with NLIClient(server.url) as client:
+def test_batch_predict_splits_by_the_server_limit_and_keeps_order(tiny_server) -> None:
+    with NLIClient(tiny_server.url) as client:
         assert client.model_info()["max_pairs"] == 4 and client.health()["status"] == "ok"
         batched = client.batch_predict(PAIRS)
         singles = [client.predict(p, h) for p, h in PAIRS]
@@ -41,27 +31,27 @@ def test_batch_predict_splits_by_the_server_limit_and_keeps_order(server) -> Non
     assert all(abs(a.scores[k] - b.scores[k]) < 1e-5 for a, b in zip(batched, singles, strict=True) for k in a.scores)
 
 
-def test_zero_shot_one_text_and_many(server) -> None:
-    with NLIClient(server.url) as client:
+def test_zero_shot_one_text_and_many(tiny_server) -> None:
+    with NLIClient(tiny_server.url) as client:
         one = client.zero_shot("A man plays a guitar.", ["music", "sport"])
         many = client.zero_shot(["A man plays a guitar.", "A dog runs."], ["music", "sport"], multi_label=True)
     assert sorted(one.labels) == ["music", "sport"] and one.scores == sorted(one.scores, reverse=True)
     assert len(many) == 2 and all(len(r.scores) == 2 for r in many)
 
 
-def test_validation_errors_are_raised_with_the_servers_message_and_never_retried(server) -> None:
-    before = len([r for r in access_records(server, "/predict") if r["status"] == 400])
-    with NLIClient(server.url, retries=3) as client, pytest.raises(NLIHTTPError) as raised:
+def test_validation_errors_are_raised_with_the_servers_message_and_never_retried(tiny_server) -> None:
+    before = len([r for r in access_records(tiny_server, "/predict") if r["status"] == 400])
+    with NLIClient(tiny_server.url, retries=3) as client, pytest.raises(NLIHTTPError) as raised:
         client.predict("", "a dog")
     assert raised.value.status == 400 and "premise must not be empty" in raised.value.message
     assert raised.value.request_id
     time.sleep(0.2)
-    assert len([r for r in access_records(server, "/predict") if r["status"] == 400]) == before + 1
+    assert len([r for r in access_records(tiny_server, "/predict") if r["status"] == 400]) == before + 1
 
 
-def test_submit_delivers_results_and_errors_to_the_callback_exactly_once(server) -> None:
+def test_submit_delivers_results_and_errors_to_the_callback_exactly_once(tiny_server) -> None:
     delivered: list[object] = []
-    with NLIClient(server.url, max_concurrency=4) as client:
+    with NLIClient(tiny_server.url, max_concurrency=4) as client:
         ok = client.submit("predict", *SAMPLE_PAIRS[0], callback=delivered.append)
         bad = client.submit("predict", "", "x", callback=delivered.append)
         assert ok.result().label
@@ -71,8 +61,8 @@ def test_submit_delivers_results_and_errors_to_the_callback_exactly_once(server)
     assert sum(isinstance(item, NLIHTTPError) for item in delivered) == 1
 
 
-def test_the_rate_limit_holds_across_threads(server) -> None:
-    with NLIClient(server.url, rate=10, burst=1, max_concurrency=8) as client:
+def test_the_rate_limit_holds_across_threads(tiny_server) -> None:
+    with NLIClient(tiny_server.url, rate=10, burst=1, max_concurrency=8) as client:
         started = time.monotonic()
         futures = [client.submit("health") for _ in range(20)]
         for future in futures:
@@ -88,9 +78,9 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert waits[9] == pytest.approx(5 / 50, abs=0.01)
 
 
-def test_async_client(server) -> None:
+def test_async_client(tiny_server) -> None:
     async def scenario():
-        async with AsyncNLIClient(server.url, max_concurrency=4) as client:
+        async with AsyncNLIClient(tiny_server.url, max_concurrency=4) as client:
             results = await client.batch_predict(PAIRS)
             single = await client.predict(*PAIRS[5])
             zero = await client.zero_shot("A dog runs.", ["animal", "music"])

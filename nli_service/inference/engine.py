@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from nli_service.config import Settings
 from nli_service.deadline import Deadline
 from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
 from nli_service.inference.labels import LabelError, LabelMap
@@ -166,6 +167,24 @@ class NLIEngine:
             )
         except LabelError as error:
             raise ModelLoadError(f"model {model!r} cannot serve NLI: {error}") from None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NLIEngine:
+        """The engine the NLI_* settings describe."""
+        return cls.from_pretrained(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            backend=settings.backend,
+            quantize=settings.quantize,
+            offline=settings.offline,
+            hub_timeout=settings.hub_timeout,
+            fallback=settings.model_is_default,
+            batch_size=settings.batch_size,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            sort_by_length=settings.sort_by_length,
+        )
 
     # -- properties reported by /model ------------------------------------------------
 
