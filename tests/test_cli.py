@@ -81,3 +81,25 @@ def test_batch_zero_shot(tiny_server, tmp_path: Path) -> None:
     result = run("batch", str(source), "-o", str(out), "--url", tiny_server.url, "--labels", "animal,music")
     assert result.returncode == 0, result.stderr
     assert [sorted(json.loads(line)["labels"]) for line in out.read_text().splitlines()] == [["animal", "music"]] * 2
+
+
+def test_serve_runs_gunicorn_with_the_projects_config(model_dir: Path, tmp_path: Path) -> None:
+    import requests
+    from serving import RunningService
+
+    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path, PYTHONPATH=PROJECT_ROOT)
+    service = RunningService(
+        subprocess.Popen(
+            [*CLI, "serve"], env=env, text=True, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ),
+        env,
+    )
+    try:
+        service.wait_ready()
+        assert requests.post(
+            f"{service.url}/predict",
+            json=dict(zip(("premise", "hypothesis"), SAMPLE_PAIRS[0], strict=True)),
+            timeout=10,
+        ).ok
+    finally:
+        assert service.stop() == 0

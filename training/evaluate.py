@@ -36,7 +36,9 @@ SETS: dict[str, Callable[[], list[Example]]] = {
 START, END = "<!-- eval:start -->", "<!-- eval:end -->"
 
 
-def engine_scorer(model: str, batch_size: int) -> Callable[[Sequence[tuple[str, str]]], Scores]:
+def engine_scorer(
+    model: str, batch_size: int, backend: str = "torch", quantize: str = "none"
+) -> Callable[[Sequence[tuple[str, str]]], Scores]:
     """Score pairs with the service's engine (same code path as the HTTP service)."""
     import torch
 
@@ -44,7 +46,7 @@ def engine_scorer(model: str, batch_size: int) -> Callable[[Sequence[tuple[str, 
     from nli_service.inference.types import Pair
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    engine = NLIEngine.from_pretrained(model, device="cpu", batch_size=batch_size)
+    engine = NLIEngine.from_pretrained(model, device="cpu", batch_size=batch_size, backend=backend, quantize=quantize)
     return lambda pairs: [p.scores for p in engine.predict([Pair(a, b) for a, b in pairs])]
 
 
@@ -166,14 +168,20 @@ def main() -> None:
     parser.add_argument("--url", help="evaluate through this running service instead of the engine")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from: {', '.join(SETS)}")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none")
     parser.add_argument("--write-card", action="store_true", help="put the table in the model card and README")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
     names = [name for name in args.sets.split(",") if name]
-    score = http_scorer(args.url, 64) if args.url else engine_scorer(args.model, args.batch_size)
+    if args.url:
+        score, described = http_scorer(args.url, 64), args.url
+    else:
+        score = engine_scorer(args.model, args.batch_size, args.backend, args.quantize)
+        described = f"{args.model} ({args.backend}/{args.quantize})"
     results = evaluate(score, names)
-    table = render(args.url or args.model, results)
+    table = render(described, results)
     print("\n" + table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
