@@ -1,28 +1,7 @@
-"""Gunicorn settings for nli-service, all derived from the NLI_* variables (see README).
+"""Gunicorn settings: the packaged ``nli_service/gunicorn_conf.py``, re-exported.
 
 Run: ``gunicorn -c gunicorn.conf.py wsgi:app`` (``make run``). Gunicorn also reads
 this file by default, so ``gunicorn -w 4 -b 0.0.0.0:5000 app:app`` uses it too.
 """
 
-from nli_service import gunicorn_hooks as hooks
-
-settings = hooks.settings_or_exit()
-hooks.prepare_metrics_dir()  # before anything imports prometheus_client
-
-bind = f"{settings.host}:{settings.port}"
-workers = settings.workers
-worker_class = settings.worker_class
-threads = settings.threads
-preload_app = hooks.can_preload(settings)
-timeout = hooks.worker_timeout(settings)
-graceful_timeout = hooks.graceful_timeout(settings)
-max_requests = settings.max_requests  # a recycled worker is re-forked from the preloaded master
-max_requests_jitter = settings.max_requests // 10  # so workers do not all restart at once
-worker_tmp_dir = "/dev/shm"
-control_socket_disable = True  # a fixed control-socket path makes two servers collide
-accesslog = None  # the app writes its own JSON access records
-
-when_ready = hooks.when_ready
-pre_fork = hooks.pre_fork
-post_fork = hooks.post_fork
-child_exit = hooks.child_exit
+from nli_service.gunicorn_conf import *  # noqa: F403

@@ -1,5 +1,3 @@
-"""Production entry point: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
+"""Production entry point: ``gunicorn -c gunicorn.conf.py wsgi:app`` (the packaged ``nli_service.wsgi``)."""
 
-from nli_service.startup import build_app
-
-app = build_app()
+from nli_service.wsgi import app  # noqa: F401

@@ -1,8 +1,8 @@
 """``nli-service``: serve, classify one pair, zero-shot a text, or stream a JSONL file through the service.
 
 Exit codes: 0 done; 1 some rows of a batch failed (each reported in the output);
-2 bad usage; 3 the service could not be reached or answered an error; 4 the local
-model or settings are unusable.
+2 bad usage (arguments, files, zero-shot labels or template); 3 the service could not be
+reached or answered an error; 4 the local model or settings are unusable.
 """
 
 from __future__ import annotations
@@ -10,18 +10,47 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 from nli_service.client import NLIClient, NLIConnectionError, NLIError, NLIHTTPError
 from nli_service.inference.types import DEFAULT_TEMPLATE
 
 OK, ROWS_FAILED, USAGE, SERVICE_ERROR, LOCAL_ERROR = 0, 1, 2, 3, 4
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Both inside the package, so ``serve`` works wherever the package is installed.
+GUNICORN_CONFIG, WSGI_APP = "python:nli_service.gunicorn_conf", "nli_service.wsgi:app"
+
+
+class UsageError(Exception):
+    """Bad arguments or files: exit 2 with this message."""
+
+
+def _open(path: Path, mode: str) -> IO:
+    try:
+        return path.open(mode, encoding=None if "b" in mode else "utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot open {path}: {error.strerror}") from None
+
+
+def _zero_shot_options(labels: str, template: str, text: str = "text") -> tuple[list[str], str]:
+    """``--labels`` and ``--template`` checked by the rules of ``POST /zero-shot`` (UsageError otherwise).
+
+    ``text`` defaults to a stand-in: ``batch`` rows' texts are checked by the service.
+    """
+    from nli_service.errors import ApiError
+    from nli_service.payloads import MAX_ZERO_SHOT_LABELS, parse_zero_shot
+
+    body = {"text": text, "labels": [label.strip() for label in labels.split(",") if label.strip()]}
+    try:
+        request = parse_zero_shot({**body, "hypothesis_template": template}, max_pairs=MAX_ZERO_SHOT_LABELS)
+    except ApiError as error:
+        raise UsageError(error.message) from None
+    return request.labels, request.template
 
 
 # -- one pair / one text ----------------------------------------------------------------
@@ -61,15 +90,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> int:
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    _print(_backend(args).zero_shot(args.text, labels, args.template, args.multi_label))
+    labels, template = _zero_shot_options(args.labels, args.template, args.text)
+    _print(_backend(args).zero_shot(args.text, labels, template, args.multi_label))
     return OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "gunicorn.conf.py"), "wsgi:app"]
-    os.chdir(PROJECT_ROOT)
-    os.execv(sys.executable, command)
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, WSGI_APP])
     return OK  # not reached
 
 
@@ -80,7 +107,7 @@ Row = tuple[int, Any]  # (row number in the input file, its parsed JSON or the p
 
 
 def _rows(path: Path, skip: set[int]) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as file:
+    with _open(path, "r") as file:
         for number, line in enumerate(file):
             if line.strip() and number not in skip:
                 try:
@@ -89,17 +116,28 @@ def _rows(path: Path, skip: set[int]) -> Iterator[Row]:
                     yield number, error
 
 
-def _done_rows(out: Path) -> set[int]:
-    """Rows already in ``out``, answered or reported failed (delete a line to redo its row)."""
+def _resume(out: Path) -> set[int]:
+    """Rows already in ``out``, answered or reported failed (delete a line to redo its row).
+
+    A last line cut short by an interrupted run is cut off, so its row is redone on a line of its own.
+    """
     if not out.exists():
         return set()
-    done = set()
-    for line in out.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by an interrupted run is redone
-        done.add(record["row"])
+    done: set[int] = set()
+    whole = 0  # bytes up to the end of the last complete line
+    with _open(out, "rb") as file:
+        for line in file:
+            if not line.endswith(b"\n"):
+                break
+            whole += len(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a damaged line: its row is redone
+            if isinstance(record, dict) and isinstance(record.get("row"), int):
+                done.add(record["row"])
+    if whole < out.stat().st_size:
+        os.truncate(out, whole)
     return done
 
 
@@ -145,10 +183,11 @@ class BatchJob:
 def cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    skip = _done_rows(args.output) if args.resume else set()
-    with args.input.open(encoding="utf-8") as file:
+    labels, template = _zero_shot_options(args.labels, args.template) if args.labels else (None, args.template)
+    pairs_per_row = len(labels) if labels else 1  # the progress bar counts pairs
+    with _open(args.input, "r") as file:
         total = sum(1 for line in file if line.strip())
+    skip = _resume(args.output) if args.resume else set()
     client = NLIClient(
         args.url,
         timeout=args.timeout,
@@ -157,15 +196,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
         burst=args.burst,
         max_concurrency=args.concurrency,
     )
-    job = BatchJob(client, labels, args.template)
-    chunk_size = min(args.chunk_size, client.max_pairs() // (len(labels) if labels else 1) or 1)
+    job = BatchJob(client, labels, template)
+    chunk_size = min(args.chunk_size, client.max_pairs() // pairs_per_row or 1)
     written = failed = 0
     rows = _rows(args.input, skip)
     groups = iter(lambda: list(itertools.islice(rows, chunk_size)), [])
     with (
         client,
-        args.output.open("a" if args.resume else "w", encoding="utf-8") as out,
-        tqdm(total=total, initial=len(skip), unit="pair", desc="rows", smoothing=0.1) as bar,
+        _open(args.output, "a" if args.resume else "w") as out,
+        tqdm(
+            total=total * pairs_per_row, initial=len(skip) * pairs_per_row, unit="pair", desc="pairs", smoothing=0.1
+        ) as bar,
     ):
         window: list[Future] = []
         while True:
@@ -178,7 +219,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 out.write(json.dumps(record) + "\n")
                 written += 1
                 failed += "error" in record
-                bar.update(1)
+                bar.update(pairs_per_row)
             out.flush()
     print(f"{written} rows written, {failed} failed, {len(skip)} skipped (already done)", file=sys.stderr)
     return ROWS_FAILED if failed else OK
@@ -187,10 +228,46 @@ def cmd_batch(args: argparse.Namespace) -> int:
 # -- arguments --------------------------------------------------------------------------
 
 
+def _number(kind: Callable[[str], float], low: float, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` at least ``low`` (more than ``low`` with ``above``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        if not math.isfinite(value) or value < low or above and value == low:
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE, COUNT, AT_LEAST_ZERO = _number(float, 0, above=True), _number(int, 1), _number(int, 0)
+
+
+def _input_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return Path(text)
+
+
+def _output_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"not a file in an existing directory: {text}")
+    return path
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, exit 2 (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(
-        prog="nli-service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    main = _Parser(prog="nli-service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
 
     def with_url(sub: argparse.ArgumentParser, required: bool = False) -> None:
@@ -200,10 +277,14 @@ def parser() -> argparse.ArgumentParser:
             help="the service, e.g. http://localhost:5000"
             + ("" if required else " (default: the local engine, from NLI_* settings)"),
         )
-        sub.add_argument("--timeout", type=float, default=60, help="seconds per HTTP request")
-        sub.add_argument("--retries", type=int, default=3, help="retries on connection errors, 429 and 503")
+        sub.add_argument("--timeout", type=POSITIVE, default=60, help="seconds per HTTP request")
+        sub.add_argument(
+            "--retries", type=AT_LEAST_ZERO, default=3, help="retries on connection errors, 429, 502, 503 and 504"
+        )
 
-    serve = commands.add_parser("serve", help="run the service under Gunicorn (gunicorn.conf.py, NLI_* settings)")
+    serve = commands.add_parser(
+        "serve", help="run the service under Gunicorn (the packaged nli_service.gunicorn_conf, NLI_* settings)"
+    )
     serve.set_defaults(run=cmd_serve)
 
     predict = commands.add_parser("predict", help="classify one premise/hypothesis pair")
@@ -221,15 +302,19 @@ def parser() -> argparse.ArgumentParser:
     zero_shot.set_defaults(run=cmd_zero_shot)
 
     batch = commands.add_parser("batch", help="stream a JSONL file of pairs (or texts with --labels)")
-    batch.add_argument("input", type=Path, help='JSONL rows: {"premise", "hypothesis"} or {"text"} with --labels')
-    batch.add_argument("-o", "--output", type=Path, required=True, help="JSONL results, one per row, in input order")
+    batch.add_argument(
+        "input", type=_input_file, help='JSONL rows: {"premise", "hypothesis"} or {"text"} with --labels'
+    )
+    batch.add_argument(
+        "-o", "--output", type=_output_file, required=True, help="JSONL results, one per row, in input order"
+    )
     batch.add_argument("--labels", help="comma-separated labels: zero-shot each row's text")
     batch.add_argument("--template", default=DEFAULT_TEMPLATE)
-    batch.add_argument("--rate", type=float, help="requests per second at most (token bucket)")
-    batch.add_argument("--burst", type=int, default=1, help="requests allowed at once above the rate")
-    batch.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    batch.add_argument("--rate", type=POSITIVE, help="requests per second at most (token bucket)")
+    batch.add_argument("--burst", type=COUNT, default=1, help="requests allowed at once above the rate")
+    batch.add_argument("--concurrency", type=COUNT, default=4, help="requests in flight at once")
     batch.add_argument("--resume", action="store_true", help="skip rows already answered in OUTPUT")
-    batch.add_argument("--chunk-size", type=int, default=32, help="rows per request (at most the server's limit)")
+    batch.add_argument("--chunk-size", type=COUNT, default=32, help="rows per request (at most the server's limit)")
     with_url(batch, required=True)
     batch.set_defaults(run=cmd_batch)
     return main
@@ -239,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
+    except UsageError as error:
+        print(f"nli-service {args.command}: error: {error}", file=sys.stderr)
+        return USAGE
     except NLIConnectionError as error:
         print(f"nli-service: {error}", file=sys.stderr)
         return SERVICE_ERROR

@@ -1,11 +1,11 @@
 """Python clients for nli-service: :class:`NLIClient` (threads) and :class:`AsyncNLIClient` (asyncio).
 
-Both retry connection errors, 429 and 503 with exponential backoff and jitter, honouring
-``Retry-After``; they never retry other 4xx answers. Errors carry the status, the
-server's message and the request id. ``rate``/``burst`` set a client-side token bucket.
-``NLIClient.submit`` runs a call in the background with bounded concurrency and returns a
-``concurrent.futures.Future``; its ``callback`` is called exactly once, with the result
-or the exception.
+Both retry connection errors, 429, 502, 503 and 504 with exponential backoff and jitter,
+honouring ``Retry-After`` (seconds or an HTTP date); they never retry other 4xx answers.
+Errors carry the status, the server's message and the request id. ``rate``/``burst`` set a
+client-side token bucket. ``NLIClient.submit`` runs a call in the background with bounded
+concurrency and returns a ``concurrent.futures.Future``; its ``callback`` is called exactly
+once, with the result or the exception (a ``CancelledError`` if the future was cancelled).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -25,6 +27,7 @@ from nli_service.inference.types import DEFAULT_TEMPLATE, ZeroShotResult
 from nli_service.inference.types import Prediction as PredictResult
 
 RETRIED_STATUSES = {429, 502, 503, 504}
+DEFAULT_MAX_PAIRS = 64  # when /model does not say
 PairLike = tuple[str, str] | dict[str, str]
 
 
@@ -47,16 +50,42 @@ class NLIHTTPError(NLIError):
         self.status, self.message, self.request_id = status, message, request_id
 
 
+class NLIResponseError(NLIError):
+    """The service answered with a success status but a body that is not JSON."""
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def _text_snippet(response: httpx.Response, limit: int = 200) -> str:
+    text = " ".join(response.text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def _raise_for(response: httpx.Response) -> None:
+    """Raise :class:`NLIHTTPError` for an error status, whatever the body (JSON object or not)."""
     if response.status_code < 400:
         return
-    try:
-        body = response.json()
-        message = body.get("error", response.text)
-    except ValueError:
-        body, message = {}, response.text or response.reason_phrase
+    body = _json_body(response)
+    body = body if isinstance(body, dict) else {}
+    message = body.get("error")
+    if not isinstance(message, str):
+        message = _text_snippet(response) or response.reason_phrase
     request_id = body.get("request_id") or response.headers.get("X-Request-ID")
     raise NLIHTTPError(response.status_code, message, request_id)
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The JSON body of a successful answer; NLIHTTPError or NLIResponseError otherwise."""
+    _raise_for(response)
+    body = _json_body(response)
+    if body is None:
+        raise NLIResponseError(f"HTTP {response.status_code} answer is not JSON: {_text_snippet(response)!r}")
+    return body
 
 
 def _pair_json(pair: PairLike) -> dict[str, str]:
@@ -76,6 +105,72 @@ def _zero_shot_results(text: str | Sequence[str], body: dict) -> ZeroShotResult 
     if isinstance(text, str):
         return ZeroShotResult(body["labels"], body["scores"])
     return [ZeroShotResult(r["labels"], r["scores"]) for r in body["results"]]
+
+
+@dataclass(frozen=True)
+class Health:
+    """``GET /health``: ``status`` is "ok" once the model is loaded ("loading" before)."""
+
+    status: str
+    model: str | None
+    fallback: bool
+    model_loaded_at: str | None
+    uptime_seconds: float
+    pid: int | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Health:
+        return cls(
+            status=body["status"],
+            model=body.get("model"),
+            fallback=bool(body.get("fallback", False)),
+            model_loaded_at=body.get("model_loaded_at"),
+            uptime_seconds=float(body.get("uptime_seconds", 0.0)),
+            pid=body.get("pid"),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """``GET /model``: the served model and the request limits (every field is in ``raw``)."""
+
+    id: str
+    labels: tuple[str, ...]
+    max_pairs: int
+    max_body_bytes: int | None
+    request_timeout: float | None
+    source: str | None
+    fallback: bool
+    device: str | None
+    dtype: str | None
+    backend: str | None
+    max_length: int | None
+    batch_size: int | None
+    parameters: int | None
+    loaded_at: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ModelInfo:
+        return cls(
+            id=body["id"],
+            labels=tuple(body.get("labels", ())),
+            max_pairs=int(body.get("max_pairs", DEFAULT_MAX_PAIRS)),
+            max_body_bytes=body.get("max_body_bytes"),
+            request_timeout=body.get("request_timeout"),
+            source=body.get("source"),
+            fallback=bool(body.get("fallback", False)),
+            device=body.get("device"),
+            dtype=body.get("dtype"),
+            backend=body.get("backend"),
+            max_length=body.get("max_length"),
+            batch_size=body.get("batch_size"),
+            parameters=body.get("parameters"),
+            loaded_at=body.get("loaded_at"),
+            raw=body,
+        )
 
 
 # -- rate limiting and retries ----------------------------------------------------------
@@ -118,17 +213,34 @@ class RetryPolicy:
     max_backoff: float = 20.0
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
-        """Seconds before retry ``attempt`` (0-based): Retry-After if given, else backoff with jitter."""
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_backoff)
-            except ValueError:
-                pass
+        """Seconds before retry ``attempt`` (0-based): Retry-After if given, else backoff with jitter.
+
+        Both are capped at ``max_backoff``; the jitter draws from [50 %, 100 %] of the backoff.
+        """
+        retry_after = _retry_after(response.headers.get("Retry-After")) if response is not None else None
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff)
         return min(self.backoff * 2**attempt, self.max_backoff) * random.uniform(0.5, 1.0)
 
     def should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
         return attempt < self.retries and (response is None or response.status_code in RETRIED_STATUSES)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value, delay-seconds or HTTP-date; None if unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -154,8 +266,10 @@ class _ClientSettings:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.http_options = {"base_url": self.base_url, "timeout": timeout, "headers": _headers(api_key)}
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
         self.retry = RetryPolicy(retries=retries, backoff=backoff)
-        self.bucket = TokenBucket(rate, burst) if rate else None
+        self.bucket = TokenBucket(rate, burst) if rate is not None else None
         self.max_concurrency = max_concurrency
         self._max_pairs: int | None = None
 
@@ -191,16 +305,15 @@ class NLIClient(_ClientSettings):
             if not self.retry.should_retry(attempt, response):
                 if response is None:
                     raise NLIConnectionError(f"cannot reach {self._http.base_url}: {failure}") from failure
-                _raise_for(response)
-                return response.json()
+                return _answer(response)
             time.sleep(self.retry.delay(attempt, response))
             attempt += 1
 
-    def health(self) -> dict:
-        return self._call("GET", "/health")
+    def health(self) -> Health:
+        return Health.from_json(self._call("GET", "/health"))
 
-    def model_info(self) -> dict:
-        return self._call("GET", "/model")
+    def model_info(self) -> ModelInfo:
+        return ModelInfo.from_json(self._call("GET", "/model"))
 
     def predict(self, premise: str, hypothesis: str) -> PredictResult:
         body = self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis})
@@ -208,7 +321,7 @@ class NLIClient(_ClientSettings):
 
     def max_pairs(self) -> int:
         if self._max_pairs is None:
-            self._max_pairs = int(self.model_info().get("max_pairs", 64))
+            self._max_pairs = self.model_info().max_pairs
         return self._max_pairs
 
     def batch_predict(self, pairs: Sequence[PairLike], chunk_size: int | None = None) -> list[PredictResult]:
@@ -245,8 +358,16 @@ class NLIClient(_ClientSettings):
         function = getattr(self, method) if isinstance(method, str) else method
         future = self._pool.submit(function, *args, **kwargs)
         if callback is not None:
-            future.add_done_callback(lambda done: callback(done.exception() or done.result()))
+            future.add_done_callback(lambda done: callback(_outcome(done)))
         return future
+
+
+def _outcome(future: Future) -> Any:
+    """A finished future's result, or its exception (``CancelledError`` if it was cancelled)."""
+    if future.cancelled():
+        return CancelledError()
+    error = future.exception()
+    return future.result() if error is None else error
 
 
 # -- the asyncio client -----------------------------------------------------------------
@@ -283,16 +404,15 @@ class AsyncNLIClient(_ClientSettings):
                 if not self.retry.should_retry(attempt, response):
                     if response is None:
                         raise NLIConnectionError(f"cannot reach {self._http.base_url}: {failure}") from failure
-                    _raise_for(response)
-                    return response.json()
+                    return _answer(response)
                 await asyncio.sleep(self.retry.delay(attempt, response))
                 attempt += 1
 
-    async def health(self) -> dict:
-        return await self._call("GET", "/health")
+    async def health(self) -> Health:
+        return Health.from_json(await self._call("GET", "/health"))
 
-    async def model_info(self) -> dict:
-        return await self._call("GET", "/model")
+    async def model_info(self) -> ModelInfo:
+        return ModelInfo.from_json(await self._call("GET", "/model"))
 
     async def predict(self, premise: str, hypothesis: str) -> PredictResult:
         body = await self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis})
@@ -301,7 +421,7 @@ class AsyncNLIClient(_ClientSettings):
     async def batch_predict(self, pairs: Sequence[PairLike], chunk_size: int | None = None) -> list[PredictResult]:
         if chunk_size is None:
             if self._max_pairs is None:
-                self._max_pairs = int((await self.model_info()).get("max_pairs", 64))
+                self._max_pairs = (await self.model_info()).max_pairs
             chunk_size = self._max_pairs
         chunks = [[_pair_json(p) for p in pairs[i : i + chunk_size]] for i in range(0, len(pairs), chunk_size)]
         bodies = await asyncio.gather(*(self._call("POST", "/batch-predict", {"pairs": c}) for c in chunks))
