@@ -1,4 +1,4 @@
-"""What ``gunicorn.conf.py`` needs: settings, the metrics directory, server hooks.
+"""What the Gunicorn config (``nli_service/gunicorn_conf.py``) needs: settings, the metrics directory, server hooks.
 
 Imports of torch and prometheus_client stay inside the hooks: the metrics
 directory must be in the environment before prometheus_client is first imported,
@@ -75,11 +75,11 @@ def graceful_timeout(settings: Settings) -> int:
 
 def when_ready(server: Any) -> None:
     """In the master, once listening: serve the summed metrics of all workers."""
-    from nli_service import metrics
+    from nli_service.startup import start_metrics_or_exit
 
     settings = Settings.from_env()
     if settings.metrics_port:
-        metrics.start_exporter(settings.metrics_port, settings.host)
+        start_metrics_or_exit(settings)
         server.log.info("metrics on %s:%s/metrics", settings.host, settings.metrics_port)
 
 

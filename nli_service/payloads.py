@@ -44,6 +44,10 @@ def _text(value: object, field: str) -> str:
         raise ApiError(f"{field} must be a string, got {_json_type(value)}")
     if not value.strip():
         raise ApiError(f"{field} must not be empty or only whitespace")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"); no tokenizer does
+        raise ApiError(f"{field} is not valid Unicode text (lone surrogate)") from None
     return value
 
 

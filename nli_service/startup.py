@@ -44,14 +44,24 @@ def build_app():
     return or_exit(create_app)
 
 
+def start_metrics_or_exit(settings) -> None:
+    """Serve Prometheus metrics on NLI_METRICS_PORT, or exit with the reason (e.g. port taken)."""
+    from nli_service import metrics
+
+    try:
+        metrics.start_exporter(settings.metrics_port, settings.host)
+    except OSError as error:
+        exit_on_startup_error(f"NLI_METRICS_PORT={settings.metrics_port} cannot be served: {error}")
+
+
 def run_dev_server(app) -> None:
     """Flask's server, single-threaded (SIGALRM timeouts), no reloader, metrics on the side port."""
-    from nli_service import metrics, runner
+    from nli_service import runner
 
     settings = app.config["NLI_SETTINGS"]
     runner.prepare_worker(settings.torch_threads_for(workers=1))
     if settings.metrics_port:
-        metrics.start_exporter(settings.metrics_port, settings.host)
+        start_metrics_or_exit(settings)
     log.info("development server starting", extra={"host": settings.host, "port": settings.port})
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop cleanly, like Ctrl-C
     app.run(host=settings.host, port=settings.port, threaded=False, use_reloader=False, debug=False)

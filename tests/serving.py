@@ -7,11 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import requests
 
@@ -38,6 +40,7 @@ def service_env(**settings: object) -> dict[str, str]:
 class RunningService:
     process: subprocess.Popen
     env: dict[str, str]
+    output_file: IO[str]
 
     @property
     def url(self) -> str:
@@ -71,17 +74,17 @@ class RunningService:
         return self.process.returncode
 
     def output(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        out, err = self.process.communicate()
-        return (out or "") + (err or "")
+        """What the service has written to stdout and stderr so far."""
+        self.output_file.flush()
+        return Path(self.output_file.name).read_text(errors="replace")
 
 
 def start(command: list[str], env: dict[str, str]) -> RunningService:
-    process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    return RunningService(process=process, env=env)
+    # A file, not a pipe: nobody reads a pipe while the service runs, and a full one
+    # (every request logs a line to stdout) would block the workers.
+    output_file = tempfile.NamedTemporaryFile("w+", prefix="nli-service-", suffix=".out")  # noqa: SIM115
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output_file, stderr=subprocess.STDOUT)
+    return RunningService(process=process, env=env, output_file=output_file)
 
 
 def run_to_exit(command: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, float]:

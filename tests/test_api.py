@@ -108,6 +108,18 @@ def test_malformed_json_is_400(client, raw: bytes) -> None:
     assert_json_error(client.post("/predict", data=raw, content_type="application/json"), 400)
 
 
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/predict", b'{"premise": "\\ud800", "hypothesis": "x"}'),
+        ("/batch-predict", b'{"premises": ["a", "b\\udfff"], "hypotheses": ["c", "d"]}'),
+    ],
+)
+def test_lone_surrogates_are_400_not_500(client, path: str, raw: bytes) -> None:
+    body = assert_json_error(client.post(path, data=raw, content_type="application/json"), 400)
+    assert "not valid Unicode" in body["error"]
+
+
 def test_non_json_content_type_is_415(client) -> None:
     body = assert_json_error(client.post("/predict", data=json.dumps(PAIR), content_type="text/plain"), 415)
     assert "application/json" in body["error"]
@@ -180,6 +192,23 @@ def test_a_request_past_its_deadline_is_408_by_sigalrm_and_the_next_one_works(ma
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     monkeypatch.undo()
     assert client.post("/predict", json=PAIR).status_code == 200
+
+
+def test_a_deadline_passing_during_tokenisation_is_not_mistaken_for_a_tokenizer_error(make_app, monkeypatch) -> None:
+    app = make_app(NLI_REQUEST_TIMEOUT=0.2)
+    engine = app.extensions[runner.EXTENSION_KEY]
+    calls = []
+    original = engine._tokenize
+
+    def slow_tokenize(*args, **kwargs):
+        calls.append(args)
+        time.sleep(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_tokenize", slow_tokenize)
+    started = time.monotonic()
+    assert_json_error(app.test_client().post("/predict", json=PAIR), 408)
+    assert time.monotonic() - started < 0.45 and len(calls) == 1, "the alarm must end the request, not a retry"
 
 
 def test_off_the_main_thread_the_deadline_is_checked_between_chunks(make_app, monkeypatch) -> None:

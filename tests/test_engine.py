@@ -109,6 +109,22 @@ def test_logits_are_float32_even_for_a_half_precision_model(models_root: Path) -
     assert engine.logits([Pair(*SAMPLE_PAIRS[0])]).dtype == torch.float32
 
 
+def test_a_half_precision_checkpoint_is_cast_only_when_the_engine_starts(models_root: Path) -> None:
+    """Loading (which may run in the Gunicorn master) must not run the cast; start() (in the worker) does."""
+    from model_factory import build_model
+
+    folder = build_model(models_root / "fp16", dtype=torch.float16)
+    engine = NLIEngine.from_pretrained(str(folder), dtype="float32")
+    assert next(engine.model.parameters()).dtype == torch.float16, "no cast at load time"
+    assert engine.dtype == "float32", "/model reports the dtype the model will compute in"
+    engine.start(threads=1)
+    assert next(engine.model.parameters()).dtype == torch.float32
+    reference = NLIEngine.from_pretrained(str(folder), dtype="float32")
+    reference.model.float()
+    pair = [Pair(*SAMPLE_PAIRS[0])]
+    assert torch.allclose(engine.logits(pair), reference.logits(pair), atol=1e-6)
+
+
 @pytest.mark.parametrize("sort", [True, False])
 @pytest.mark.parametrize("seed", range(20))
 def test_chunks_cover_every_pair_once_within_both_limits(seed: int, sort: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 from model_factory import SAMPLE_PAIRS, WORDS, build_model
 from serving import DEV_SERVER, GUNICORN, metric_sum, run_to_exit, scrape, service_env, start
 
@@ -161,6 +163,7 @@ def test_sigterm_lets_in_flight_requests_finish(slow_model_dir: Path, tmp_path: 
         ({"NLI_MODEL": "acme/not-cached"}, "hub is unreachable"),
         ({"NLI_DEVICE": "cuda"}, "CUDA is not available"),  # no preload: the workers fail, the master stops
         ({"NLI_BATCH_SIZE": "zero"}, "NLI_BATCH_SIZE"),
+        ({"NLI_LOG_DIR": "/dev/null/logs"}, "NLI_LOG_DIR='/dev/null/logs' cannot hold the log file"),
     ],
 )
 def test_a_service_that_cannot_start_exits_non_zero_with_the_reason(
@@ -173,6 +176,38 @@ def test_a_service_that_cannot_start_exits_non_zero_with_the_reason(
     assert "nli-service cannot start: " in stderr and expected in stderr
     assert stderr.count("cannot start") <= 2, "no worker re-spawn loop"
     assert seconds < 30
+
+
+def test_a_half_precision_checkpoint_is_served_in_float32_by_every_worker(models_root: Path, tmp_path: Path) -> None:
+    """The master loads fp16 weights without casting them; each worker casts after the fork."""
+    folder = build_model(models_root / "fp16-served", dtype=torch.float16)
+    service = start(GUNICORN, service_env(NLI_MODEL=folder, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path))
+    try:
+        service.wait_ready()
+        assert requests.get(f"{service.url}/model", timeout=10).json()["dtype"] == "float32"
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda _: requests.post(f"{service.url}/predict", json=PAIR, timeout=20), range(32))
+            )
+        assert all(answer.status_code == 200 for answer in answers)
+        records = log_records(service)
+        served_by = {r["worker_pid"] for r in records if r.get("path") == "/predict" and r.get("status") == 200}
+        assert len(served_by) == 2, "both workers answer (neither hangs after the fork)"
+    finally:
+        assert service.stop() == 0
+
+
+@pytest.mark.parametrize("command", [GUNICORN, DEV_SERVER], ids=["gunicorn", "app.py"])
+def test_a_taken_metrics_port_stops_start_up_with_the_reason(command, model_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path, NLI_METRICS_PORT=port)
+        code, stderr, _ = run_to_exit(command, env)
+    assert code == 4
+    assert f"nli-service cannot start: NLI_METRICS_PORT={port} cannot be served" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_python_app_py_serves_times_out_and_reports_metrics(slow_model_dir: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ ONNX_OPSET = 17
 class Backend(Protocol):
     name: str
     quantize: str
+    dtype: torch.dtype  # what the model computes in, once started
 
     def start(self, threads: int) -> None: ...
 
@@ -38,23 +39,31 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The transformers model itself, optionally dynamically quantised to int8 (CPU)."""
+    """The transformers model itself in ``dtype``, optionally dynamically quantised to int8 (CPU)."""
 
     name = "torch"
 
-    def __init__(self, model: Any, quantize: str = "none") -> None:
+    def __init__(self, model: Any, quantize: str = "none", dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.quantize = quantize
-        self._runnable = model if quantize == "none" else None
+        self.dtype = dtype or model.dtype
+        ready = quantize == "none" and model.dtype == self.dtype
+        self._runnable = model if ready else None
 
     def start(self, threads: int) -> None:
-        if self._runnable is None:
+        if self._runnable is not None:
+            return
+        if self.model.dtype != self.dtype:
+            self.model.to(self.dtype)
+        if self.quantize == "int8":
             from torch.ao.quantization import quantize_dynamic
 
             self._runnable = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        else:
+            self._runnable = self.model
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self._runnable is None:  # used before start(): quantise now
+        if self._runnable is None:  # used before start(): cast / quantise now
             self.start(torch.get_num_threads())
         device = self.model.device
         with torch.inference_mode():
@@ -79,6 +88,7 @@ class OnnxBackend:
     """ONNX Runtime over an exported copy of the model (exported once, cached on disk)."""
 
     name = "onnx"
+    dtype = torch.float32  # exported from float32 weights
 
     def __init__(self, model_path: str, input_names: list[str], quantize: str = "none") -> None:
         self.quantize = quantize

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from nli_service.config import Settings
-from nli_service.deadline import Deadline
+from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
@@ -154,8 +154,9 @@ class NLIEngine:
         torch_device = resolve_device(device)
         if torch_device.type != "cpu" and (backend != "torch" or quantize != "none"):
             raise ModelLoadError(f"NLI_BACKEND={backend} with NLI_QUANTIZE={quantize} runs on the CPU only")
-        tokenizer, network = load_tokenizer_and_model(source, torch_device, resolve_dtype(dtype, torch_device))
-        runner: Backend = TorchBackend(network, quantize)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        tokenizer, network = load_tokenizer_and_model(source, torch_device, torch_dtype)
+        runner: Backend = TorchBackend(network, quantize, torch_dtype)
         if backend == "onnx":
             try:
                 runner = OnnxBackend(source.path, list(tokenizer.model_input_names), quantize)
@@ -198,7 +199,7 @@ class NLIEngine:
 
     @property
     def dtype(self) -> str:
-        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return str(self.backend.dtype).removeprefix("torch.")
 
     @property
     def parameters(self) -> int:
@@ -235,6 +236,8 @@ class NLIEngine:
         hypotheses = [pair.hypothesis for pair in pairs]
         try:
             features = self._tokenize(premises, hypotheses, "only_first")
+        except RequestTimedOut:
+            raise
         except Exception:  # noqa: BLE001 - a hypothesis alone is longer than max_length
             singles = [
                 self._tokenize_one(premise, hypothesis)
@@ -271,6 +274,8 @@ class NLIEngine:
     def _tokenize_one(self, premise: str, hypothesis: str) -> dict[str, list[list[int]]]:
         try:
             return self._tokenize([premise], [hypothesis], "only_first")
+        except RequestTimedOut:
+            raise
         except Exception:  # noqa: BLE001 - the premise alone cannot absorb the truncation
             return self._tokenize([premise], [hypothesis], "longest_first")
 

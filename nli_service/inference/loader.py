@@ -174,16 +174,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer_and_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Load the fast tokenizer and the classification model from a local path."""
+    """Load the fast tokenizer and the classification model from a local path.
+
+    On the CPU the weights stay in the checkpoint's own dtype: this may run in the
+    Gunicorn master, which must not run torch kernels (a cast is one) before it
+    forks. The backend casts to ``dtype`` in each worker (``TorchBackend.start``).
+    A GPU is never preloaded, so there the model is loaded in ``dtype`` directly.
+    """
     transformers_logging.disable_progress_bar()  # no progress bars in service logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
-        model = AutoModelForSequenceClassification.from_pretrained(source.path, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.path, dtype="auto" if device.type == "cpu" else dtype
+        )
+        model.to(device)
     except Exception as error:  # noqa: BLE001 - every failure becomes one clear line
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"cannot load model from {source.path!r}: {detail}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model {source.name!r} has no fast tokenizer (tokenizer.json); the service needs one")
-    model.to(device)
     model.eval()
     return tokenizer, model

@@ -53,7 +53,7 @@ def export(model_dir: str, output: Path, input_names: list[str], quantize: str, 
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(work) / "model.int8.onnx"
-            quantize_dynamic(str(plain), str(final), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(plain), str(final), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(final, output)
 
 
