@@ -6,7 +6,9 @@ ANLI R1-R3 test, SICK test and RTE (entailment vs not); expected calibration err
 SNLI test; agreement with ChaosNLI's 100 human votes per pair (mean Jensen-Shannon
 distance, accuracy against the majority); pairs/s. ``--url`` sends the same pairs to a
 running service's ``/batch-predict`` instead: the accuracy must be identical.
-``--write-card`` writes the table into the model card and the project README.
+``--through-service`` also starts the production service (Gunicorn, 2 workers) on the
+same model and sends it every SNLI test pair: its labels and accuracy must equal the
+engine's. ``--write-card`` writes the table into the model card and the project README.
 """
 
 from __future__ import annotations
@@ -115,16 +117,75 @@ def human_agreement(examples: list[VotedExample], scores: Scores) -> dict[str, f
     return {"pairs": len(examples), "jsd": sum(distances) / len(distances), "majority_accuracy": hits / len(examples)}
 
 
-def evaluate(score: Callable[[Sequence[tuple[str, str]]], Scores], names: list[str]) -> dict:
+def served_equals_direct(model: str, examples: list[Example], direct: Scores) -> dict[str, float]:
+    """Score ``examples`` through a freshly started production service and compare with ``direct``."""
+    from bench.server import Service
+
+    service = Service({"NLI_MODEL": model, "NLI_WORKERS": "2"})
+    try:
+        service.wait_ready(workers=2)
+        served = http_scorer(service.url, 64)([(e.premise, e.hypothesis) for e in examples])
+    finally:
+        service.stop()
+    same = sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(served, direct, strict=True))
+    return {
+        "pairs": len(examples),
+        "accuracy_served": classification_metrics(examples, served)["accuracy"],
+        "accuracy_direct": classification_metrics(examples, direct)["accuracy"],
+        "same_labels": same,
+        "max_probability_difference": max(abs(a[k] - b[k]) for a, b in zip(served, direct, strict=True) for k in a),
+    }
+
+
+VARIANTS = (("torch", "int8"), ("onnx", "none"), ("onnx", "int8"))
+
+
+def compare_backends(model: str, examples: list[Example], direct: Scores, batch_size: int) -> dict[str, dict]:
+    """SNLI test through every other backend / quantisation: accuracy, agreement with ``direct``, speed."""
+    rows: dict[str, dict] = {}
+    pairs = [(e.premise, e.hypothesis) for e in examples]
+    for backend, quantize in VARIANTS:
+        score = engine_scorer(model, batch_size, backend, quantize)
+        started = time.perf_counter()
+        scores = score(pairs)
+        rows[f"{backend}/{quantize}"] = {
+            "accuracy": classification_metrics(examples, scores)["accuracy"],
+            "label_agreement": sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(scores, direct, strict=True))
+            / len(examples),
+            "max_probability_difference": max(abs(a[k] - b[k]) for a, b in zip(scores, direct, strict=True) for k in a),
+            "pairs_per_second": len(examples) / (time.perf_counter() - started),
+        }
+        print(f"backend {backend}/{quantize}", json.dumps(rows[f"{backend}/{quantize}"]), flush=True)
+    return rows
+
+
+def evaluate(
+    score: Callable[[Sequence[tuple[str, str]]], Scores],
+    names: list[str],
+    through_service: str | None = None,
+    backends_of: tuple[str, int] | None = None,
+) -> dict:
+    """Metrics of every set in ``names`` and of ChaosNLI; with ``through_service`` (a model),
+    also the SNLI test pairs through the running service; with ``backends_of`` (model, batch
+    size), also SNLI test through the other backends."""
     results: dict = {"sets": {}}
     pairs_done, started = 0, time.perf_counter()
     for name in names:
         examples = SETS[name]()
+        set_started = time.perf_counter()
         scores = score([(e.premise, e.hypothesis) for e in examples])
         pairs_done += len(examples)
         results["sets"][name] = classification_metrics(examples, scores)
         if name == "snli_test":
             results["sets"][name]["ece"] = expected_calibration_error(examples, scores)
+            results["sets"][name]["pairs_per_second"] = len(examples) / (time.perf_counter() - set_started)
+            side_started = time.perf_counter()  # pairs/s counts this engine only
+            if through_service:
+                results["through_service"] = served_equals_direct(through_service, examples, scores)
+                print("through_service", json.dumps(results["through_service"]), flush=True)
+            if backends_of:
+                results["backends"] = compare_backends(backends_of[0], examples, scores, backends_of[1])
+            started += time.perf_counter() - side_started
         print(name, json.dumps(results["sets"][name]), flush=True)
     for subset in ("snli", "mnli_m"):
         examples = nli_data.chaosnli(subset)
@@ -142,6 +203,28 @@ def render(model: str, results: dict) -> str:
         lines.append(f"| {name} | {row['pairs']} | {row['accuracy']:.2%} | {row['macro_f1']:.3f} |")
     if "snli_test" in results["sets"]:
         lines += ["", f"Expected calibration error on SNLI test (15 bins): {results['sets']['snli_test']['ece']:.3f}."]
+    if "backends" in results:
+        snli = results["sets"]["snli_test"]
+        lines += [
+            "",
+            "| backend (SNLI test) | accuracy | labels as torch fp32 | max probability difference | pairs/s |",
+            "|---|---|---|---|---|",
+            f"| torch/none | {snli['accuracy']:.2%} | 100% | 0 | {snli['pairs_per_second']:.0f} |",
+        ]
+        for variant, row in results["backends"].items():
+            lines.append(
+                f"| {variant} | {row['accuracy']:.2%} | {row['label_agreement']:.2%} | "
+                f"{row['max_probability_difference']:.3f} | {row['pairs_per_second']:.0f} |"
+            )
+    served = results.get("through_service")
+    if served:
+        lines += [
+            "",
+            f"Through the service (Gunicorn, 2 workers, `/batch-predict`): SNLI test accuracy "
+            f"{served['accuracy_served']:.2%} (engine: {served['accuracy_direct']:.2%}), "
+            f"{served['same_labels']}/{served['pairs']} labels identical, "
+            f"largest probability difference {served['max_probability_difference']:.1e}.",
+        ]
     lines += [
         "",
         "| ChaosNLI | pairs | mean JS distance to human votes | accuracy vs human majority |",
@@ -170,6 +253,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
+    parser.add_argument(
+        "--through-service", action="store_true", help="also score SNLI test through the started Gunicorn service"
+    )
+    parser.add_argument(
+        "--compare-backends", action="store_true", help="also score SNLI test with torch int8 and ONNX fp32 / int8"
+    )
     parser.add_argument("--write-card", action="store_true", help="put the table in the model card and README")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -180,7 +269,15 @@ def main() -> None:
     else:
         score = engine_scorer(args.model, args.batch_size, args.backend, args.quantize)
         described = f"{args.model} ({args.backend}/{args.quantize})"
-    results = evaluate(score, names)
+    compares = args.through_service or args.compare_backends
+    if compares and (args.url or (args.backend, args.quantize) != ("torch", "none")):
+        parser.error("--through-service and --compare-backends start from the torch fp32 engine; drop --url/--backend")
+    results = evaluate(
+        score,
+        names,
+        through_service=args.model if args.through_service else None,
+        backends_of=(args.model, args.batch_size) if args.compare_backends else None,
+    )
     table = render(described, results)
     print("\n" + table)
     if args.json:

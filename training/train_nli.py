@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("models/nli-minilm-l6"))
     parser.add_argument("--work", type=Path, default=Path("training/runs/minilm"))
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (a speed check)")
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N trainable pairs only (a smoke test)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
 
@@ -114,7 +115,7 @@ def main() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base_model_dir()), num_labels=3, id2label=ID2LABEL, label2id=LABEL2ID, dtype=torch.float32
     )
-    train, holdout = split(training_examples(), 0.05, args.seed)
+    train, holdout = split(training_examples()[: args.limit or None], 0.05, args.seed)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
