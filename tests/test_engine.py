@@ -140,3 +140,22 @@ def test_chunks_cover_every_pair_once_within_both_limits(seed: int, sort: bool) 
     if sort:  # sorted chunks pad less than chunks in input order
         padded_tokens = lambda plan: sum(max(lengths[i] for i in c) * len(c) for c in plan)  # noqa: E731
         assert padded_tokens(chunks) <= padded_tokens(plan_chunks(lengths, max_pairs, max_tokens, sort=False))
+
+
+def test_freed_activations_are_given_back_after_large_forward_passes_only(engine: NLIEngine, monkeypatch) -> None:
+    import platform
+
+    from nli_service.inference import engine as engine_module
+    from nli_service.inference import memory
+
+    if platform.libc_ver()[0] == "glibc":
+        assert memory.release_free_memory() is True
+    calls = []
+    monkeypatch.setattr(engine_module, "release_free_memory", lambda: calls.append(1))
+    engine.predict([Pair(*SAMPLE_PAIRS[0])])
+    assert calls == [], "a small request does not pay for a trim"
+    long_premise = " ".join(["word"] * 120)
+    monkeypatch.setattr(engine, "batch_size", 64)
+    monkeypatch.setattr(engine, "max_batch_tokens", 64 * 128)
+    engine.predict([Pair(long_premise, "a dog")] * 40)  # 40 pairs x 128 tokens in one forward pass
+    assert calls == [1]

@@ -31,6 +31,7 @@ from nli_service.inference.loader import (
     resolve_dtype,
     resolve_model,
 )
+from nli_service.inference.memory import LARGE_FORWARD_TOKENS, release_free_memory
 from nli_service.inference.types import Pair, Prediction
 
 log = logging.getLogger(__name__)
@@ -218,10 +219,16 @@ class NLIEngine:
     def run(self, encoded: Encoded, deadline: Deadline | Checkable | None = None) -> torch.Tensor:
         """Forward every encoded pair in length-sorted chunks; logits back in input order."""
         output = torch.empty((len(encoded.lengths), len(self.labels.names)), dtype=torch.float32)
-        for chunk in plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length):
-            if deadline is not None:
-                deadline.check()
-            output[chunk] = self.forward(encoded, chunk)
+        chunks = plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length)
+        try:
+            for chunk in chunks:
+                if deadline is not None:
+                    deadline.check()
+                output[chunk] = self.forward(encoded, chunk)
+        finally:
+            largest = max((len(chunk) * max(encoded.lengths[i] for i in chunk) for chunk in chunks), default=0)
+            if largest >= LARGE_FORWARD_TOKENS:
+                release_free_memory()
         return output
 
     def to_predictions(self, logits: torch.Tensor) -> list[Prediction]:
