@@ -57,7 +57,23 @@ def test_an_uncached_hub_id_online_gives_up_within_the_hub_timeout(empty_hub_cac
     assert "no-such-model" in str(raised.value)
 
 
-def test_a_cached_hub_id_is_found_without_the_network(empty_hub_cache: Path, model_dir: Path) -> None:
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_cached_hub_id_is_found_without_the_network(
+    empty_hub_cache: Path, model_dir: Path, offline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    real_snapshot_download = huggingface_hub.snapshot_download
+
+    def local_only(*args, **kwargs):
+        assert kwargs.get("local_files_only"), "a cached model must not be fetched"
+        return real_snapshot_download(*args, **kwargs)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was contacted for a cached model")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", local_only)
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     # Lay out the cache the way huggingface_hub does: refs/main -> snapshots/<commit>/files.
     repo = empty_hub_cache / "models--acme--tiny-nli"
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -67,8 +83,18 @@ def test_a_cached_hub_id_is_found_without_the_network(empty_hub_cache: Path, mod
         (snapshot / file.name).write_bytes(file.read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    source = resolve_model("acme/tiny-nli", offline=True, hub_timeout=1)
+    source = resolve_model("acme/tiny-nli", offline=offline, hub_timeout=1)
     assert source.origin == "cache" and Path(source.path) == snapshot
+
+
+def test_auto_dtype_is_float32_on_cpu_and_float16_on_gpu() -> None:
+    import torch
+
+    from nli_service.inference.loader import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
 def test_an_invalid_name_is_reported() -> None:
