@@ -26,5 +26,5 @@ accesslog = None  # the app writes its own JSON access records
 
 when_ready = hooks.when_ready
 pre_fork = hooks.pre_fork
-post_fork = hooks.post_fork
+post_worker_init = hooks.post_worker_init
 child_exit = hooks.child_exit

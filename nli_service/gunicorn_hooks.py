@@ -91,11 +91,15 @@ def pre_fork(server: Any, worker: Any) -> None:
     gc.freeze()
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """In each new worker: size torch's thread pool for this worker count, then warm up."""
+def post_worker_init(worker: Any) -> None:
+    """In each new worker: size torch's thread pool for this worker count, then warm up.
+
+    Not in ``post_fork``: until the worker installs its own signal handlers (after that hook)
+    it has the master's, so a SIGTERM during the warm-up would be lost and stopping would
+    wait out graceful_timeout."""
     from nli_service import runner
 
-    runner.prepare_worker(Settings.from_env().torch_threads_for(server.cfg.workers))
+    runner.prepare_worker(Settings.from_env().torch_threads_for(worker.cfg.workers))
 
 
 def child_exit(server: Any, worker: Any) -> None:

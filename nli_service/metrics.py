@@ -8,6 +8,8 @@ and the exporter in the master (:func:`start_exporter`) adds them up. Under
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import time
@@ -105,12 +107,29 @@ def reset_multiprocess_dir(path: str) -> None:
     directory.mkdir(parents=True)
 
 
+class _MultiProcessFiles:
+    """prometheus_client's ``MultiProcessCollector``, minus the files still empty: a worker
+    creates its file, then sizes it; reading it in between failed the whole scrape (500)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self):
+        files = []
+        for file in glob.glob(os.path.join(self.path, "*.db")):
+            with contextlib.suppress(FileNotFoundError):  # a dead worker's live gauge, just dropped
+                if os.path.getsize(file) > 0:
+                    files.append(file)
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+
+
 def export_registry() -> CollectorRegistry:
     """The registry to serve: all processes' files in multiprocess mode, else this process."""
-    if multiprocess_dir() is None:
+    path = multiprocess_dir()
+    if path is None:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    registry.register(_MultiProcessFiles(path))
     return registry
 
 

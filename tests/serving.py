@@ -58,7 +58,7 @@ class RunningService:
             try:
                 if requests.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy booting (read timeout)
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"service not ready after {timeout} s")
