@@ -197,7 +197,11 @@ def evaluate(
 
 
 def render(model: str, results: dict) -> str:
-    lines = [f"Model `{model}`, produced by `make eval` ({results['pairs_per_second']:.0f} pairs/s on this CPU).", ""]
+    lines = [
+        f"Model `{model}`, produced by `make eval` ({results['pairs_per_second']:.0f} pairs/s on this CPU; "
+        "pairs/s figures are single runs on a shared machine, `make bench` has side-by-side medians).",
+        "",
+    ]
     lines += ["| set | pairs | accuracy | macro-F1 |", "|---|---|---|---|"]
     for name, row in results["sets"].items():
         lines.append(f"| {name} | {row['pairs']} | {row['accuracy']:.2%} | {row['macro_f1']:.3f} |")
