@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from nli_service.config import ConfigError, Settings
+from nli_service.config import Settings
 
 if TYPE_CHECKING:  # Flask is imported by create_app, so the engine can import this package without it
     from flask import Flask
@@ -38,10 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, NLI_SETTINGS=settings)
     app.config.update({key: value for key, value in config.items() if key not in overrides})
 
-    try:
-        logs.configure_logging(settings)
-    except OSError as error:
-        raise ConfigError(f"NLI_LOG_DIR={settings.log_dir!r} cannot hold the log file: {error}") from None
+    logs.configure_logging(settings)
     request_log.init_app(app)
     metrics.init_app(app)
     errors.init_app(app)

@@ -23,6 +23,7 @@ max_requests_jitter = settings.max_requests // 10  # so workers do not all resta
 worker_tmp_dir = "/dev/shm"
 control_socket_disable = True  # a fixed control-socket path makes two servers collide
 accesslog = None  # the app writes its own JSON access records
+logger_class = hooks.JsonLogger  # and Gunicorn's own messages are JSON too
 
 when_ready = hooks.when_ready
 pre_fork = hooks.pre_fork

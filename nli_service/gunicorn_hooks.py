@@ -11,9 +11,13 @@ import atexit
 import math
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
+from gunicorn import glogging
+
+from nli_service import logs
 from nli_service.config import ConfigError, Settings
 from nli_service.startup import exit_on_startup_error
 
@@ -68,6 +72,22 @@ def worker_timeout(settings: Settings) -> int:
 def graceful_timeout(settings: Settings) -> int:
     """On SIGTERM, in-flight requests get their whole deadline to finish."""
     return math.ceil(settings.request_timeout) + 5
+
+
+class JsonLogger(glogging.Logger):
+    """Gunicorn's own messages (boot, worker timeouts, signals) as JSON lines, on stderr
+    and in the service's log file, like every other record of the service."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for old in list(self.error_log.handlers):
+            self.error_log.removeHandler(old)
+        try:
+            handlers = logs.json_handlers(Settings.from_env(), stream=sys.stderr)
+        except ConfigError as error:
+            exit_on_startup_error(str(error))
+        for handler in handlers:
+            self.error_log.addHandler(handler)
 
 
 # -- server hooks (names as Gunicorn expects them) -------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from pythonjsonlogger.json import JsonFormatter
 
-from nli_service.config import Settings
+from nli_service.config import ConfigError, Settings
 
 LOG_FILE_NAME = "nli_service.log"
 MAX_BYTES = 10 * 1024 * 1024
@@ -41,22 +41,35 @@ def _formatter() -> JsonFormatter:
     )
 
 
-def configure_logging(settings: Settings, max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT) -> Path:
-    """(Re)configure the service's loggers; returns the log file's path."""
-    log_dir = Path(settings.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / LOG_FILE_NAME
-    file_handler = ConcurrentRotatingFileHandler(str(log_file), maxBytes=max_bytes, backupCount=backup_count)
-    stdout_handler = logging.StreamHandler(sys.stdout)
-    for handler in (file_handler, stdout_handler):
+def json_handlers(
+    settings: Settings, stream=None, max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT
+) -> list[logging.Handler]:
+    """The rotating log file and a stream (stdout by default), both writing JSON lines.
+
+    Raises :class:`ConfigError` naming NLI_LOG_DIR when the file cannot be opened.
+    """
+    log_file = Path(settings.log_dir) / LOG_FILE_NAME
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = ConcurrentRotatingFileHandler(str(log_file), maxBytes=max_bytes, backupCount=backup_count)
+    except OSError as error:
+        raise ConfigError(f"NLI_LOG_DIR={settings.log_dir!r} cannot hold the log file: {error}") from None
+    handlers = [file_handler, logging.StreamHandler(stream or sys.stdout)]
+    for handler in handlers:
         handler.setFormatter(_formatter())
         handler.addFilter(_RequestIdFilter())
+    return handlers
+
+
+def configure_logging(settings: Settings, max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT) -> Path:
+    """(Re)configure the service's loggers; returns the log file's path."""
+    handlers = json_handlers(settings, max_bytes=max_bytes, backup_count=backup_count)
     logger = logging.getLogger(SERVICE_LOGGER)
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()
-    logger.addHandler(file_handler)
-    logger.addHandler(stdout_handler)
+    for handler in handlers:
+        logger.addHandler(handler)
     logger.setLevel(settings.log_level)
     logger.propagate = False
-    return log_file
+    return Path(settings.log_dir) / LOG_FILE_NAME

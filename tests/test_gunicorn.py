@@ -100,6 +100,19 @@ def test_logs_are_json_lines_with_one_access_record_per_request(server) -> None:
     assert {r["message"] for r in records} >= {"model loaded", "request"}
 
 
+def test_gunicorns_own_messages_are_json_on_stderr_and_in_the_log_file(server) -> None:
+    def booted() -> list[dict]:
+        return [r for r in log_records(server) if r["logger"] == "gunicorn.error" and "Booting worker" in r["message"]]
+
+    deadline = time.monotonic() + 30  # /ready answered once one worker was up; the other may still boot
+    while len(booted()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(booted()) >= 2 and all(r["level"] == "INFO" and r["pid"] for r in booted())
+    stderr_lines = [line for line in server.output().splitlines() if '"gunicorn.error"' in line]
+    assert stderr_lines and all(json.loads(line)["logger"] == "gunicorn.error" for line in stderr_lines)
+    assert not [line for line in server.output().splitlines() if line.startswith("[")], "no plain-text Gunicorn lines"
+
+
 def test_a_slow_request_is_408_and_the_worker_keeps_serving(server) -> None:
     before = scrape(server.metrics_url)
     started = time.monotonic()
