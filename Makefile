@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test lint bench train eval clean
+.PHONY: install run dev test lint bench profile train eval clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP) ## the whole test suite (what CI runs)
 
 bench: $(STAMP) ## throughput / latency / memory of the real service; writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
+
+profile: $(STAMP) ## where a tuned worker's time goes at 16 concurrent clients (py-spy)
+	$(BIN)/python -m bench.profile $(ARGS)
 
 train: $(STAMP) ## fine-tune the bundled model (CPU, ~40 min); writes models/nli-minilm-l6
 	$(BIN)/python -m training.train_nli $(ARGS)
