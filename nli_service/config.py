@@ -132,6 +132,12 @@ class Settings:
         _non_negative_float,
         "gthread micro-batching: ms to wait for requests still arriving",
     )
+    max_queued_pairs: int = _setting(
+        "NLI_MAX_QUEUED_PAIRS",
+        "1024",
+        _non_negative_int,
+        "gthread micro-batching: pairs waiting in a worker before new requests get 429 (0: no limit)",
+    )
     max_length: int | None = _setting(
         "NLI_MAX_LENGTH", "auto", _optional_positive_int, "tokens per pair (auto: the model's limit, at most 512)"
     )

@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """A client error with a status code and a message safe to show."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.headers = headers or {}
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -38,7 +39,7 @@ def error_response(message: str, status: int, headers: dict[str, str] | None = N
 
 
 def _api_error(error: ApiError) -> Response:
-    return error_response(error.message, error.status)
+    return error_response(error.message, error.status, error.headers)
 
 
 def _http_error(error: HTTPException) -> Response:

@@ -21,7 +21,7 @@ from nli_service import metrics
 from nli_service.config import Settings
 from nli_service.deadline import Deadline, enforce
 from nli_service.errors import ApiError
-from nli_service.inference.types import Pair, Prediction, ZeroShotResult, zero_shot_pairs
+from nli_service.inference.types import Pair, Prediction, QueueFull, ZeroShotResult, zero_shot_pairs
 
 if TYPE_CHECKING:
     from nli_service.inference.batcher import MicroBatcher
@@ -34,7 +34,8 @@ EXTENSION_KEY = "nli_engine"
 _process_engine: NLIEngine | None = None
 _process_engine_key: tuple[object, ...] | None = None
 _worker_threads: int | None = None  # set once this process serves requests
-_batchers: dict[tuple[int, int], MicroBatcher] = {}  # (pid, id(engine)): threads do not survive a fork
+# Keyed by pid (threads do not survive a fork), engine and the batcher's own settings.
+_batchers: dict[tuple[object, ...], MicroBatcher] = {}
 _batchers_lock = threading.Lock()
 
 
@@ -97,13 +98,15 @@ def get_engine() -> NLIEngine | MicroBatcher:
     settings: Settings = current_app.config["NLI_SETTINGS"]
     if settings.worker_class != "gthread":
         return engine
-    key = (os.getpid(), id(engine))
+    key = (os.getpid(), id(engine), settings.batch_size, settings.batch_wait_ms, settings.max_queued_pairs)
     with _batchers_lock:
         if key not in _batchers:
             from nli_service.inference.batcher import MicroBatcher
 
             wait = settings.batch_wait_ms / 1000
-            _batchers[key] = MicroBatcher(engine, max_pairs=settings.batch_size, max_wait=wait)
+            _batchers[key] = MicroBatcher(
+                engine, max_pairs=settings.batch_size, max_wait=wait, max_queued_pairs=settings.max_queued_pairs
+            )
         return _batchers[key]
 
 
@@ -116,8 +119,11 @@ def _within_deadline(pairs: Sequence[Pair], work: Callable[[NLIEngine | MicroBat
     if settings.log_inputs:
         g.logged_inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs]
     deadline = Deadline(settings.request_timeout, started_at=g.get("request_started"))
-    with enforce(deadline):
-        result = work(engine, deadline)
+    try:
+        with enforce(deadline):
+            result = work(engine, deadline)
+    except QueueFull as error:
+        raise ApiError(f"this worker is overloaded: {error}; retry shortly", 429, {"Retry-After": "1"}) from None
     metrics.PAIRS.inc(len(pairs))
     return result
 

@@ -228,6 +228,34 @@ def test_off_the_main_thread_the_deadline_is_checked_between_chunks(make_app, mo
     assert time.monotonic() - started < 1.5, "stopped after the chunk that crossed the deadline"
 
 
+def test_an_overloaded_threaded_worker_answers_429_with_retry_after(make_app, monkeypatch) -> None:
+    import threading
+
+    app = make_app(NLI_WORKER_CLASS="gthread", NLI_THREADS=8, NLI_BATCH_SIZE=1, NLI_MAX_QUEUED_PAIRS=2)
+    engine = app.extensions[runner.EXTENSION_KEY]
+    slow = _slow_forward(engine, 0.3)
+    computing = threading.Event()
+    monkeypatch.setattr(engine, "forward", lambda encoded, chunk: computing.set() or slow(encoded, chunk))
+    responses = []
+
+    def call() -> None:
+        responses.append(app.test_client().post("/predict", json=PAIR))
+
+    threads = [threading.Thread(target=call) for _ in range(5)]  # 1 computing, 2 queued, 2 refused
+    threads[0].start()
+    assert computing.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) == {200, 429} and statuses.count(200) >= 3, statuses  # exactly 3 unless the machine stalls
+    refused = next(response for response in responses if response.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
+    assert "overloaded" in assert_json_error(refused, 429)["error"]
+
+
 # -- health, readiness, model info, request ids ----------------------------------------
 
 

@@ -105,3 +105,26 @@ def test_a_batch_whose_requests_all_gave_up_stops_between_chunks(engine: NLIEngi
         batcher.predict(_pairs(20, seed=4), Deadline(0.3))
     time.sleep(0.5)
     assert len(forwarded) <= 4, f"kept computing {len(forwarded)} chunks for nobody"
+
+
+def test_a_full_queue_refuses_new_requests_at_once_and_accepts_them_again_once_drained(engine: NLIEngine) -> None:
+    from nli_service.inference.types import QueueFull
+
+    _slow(engine, 0.3)
+    batcher = MicroBatcher(engine, max_pairs=2, max_wait=0.0, max_queued_pairs=4)
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(batcher.predict, _pairs(2, seed=0))  # taken by the batcher: not queued any more
+        time.sleep(0.1)
+        queued = [pool.submit(batcher.predict, _pairs(2, seed=i)) for i in (1, 2)]  # 4 pairs wait
+        time.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match="4 pairs are already queued"):
+            batcher.predict(_pairs(1, seed=3))
+        assert time.monotonic() - started < 0.05, "refused at once, not after waiting"
+        assert all(len(f.result()) == 2 for f in [running, *queued])
+    assert len(batcher.predict(_pairs(3, seed=4))) == 3, "accepted again once the queue drained"
+
+
+def test_an_idle_worker_takes_a_request_larger_than_the_queue_limit(engine: NLIEngine) -> None:
+    batcher = MicroBatcher(engine, max_pairs=8, max_wait=0.0, max_queued_pairs=4)
+    assert len(batcher.predict(_pairs(10, seed=5))) == 10

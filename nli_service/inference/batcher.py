@@ -5,7 +5,9 @@ tokenise their own pairs and queue them; one batcher thread takes everything
 queued (waiting up to ``max_wait`` for requests that are still being tokenised,
 until ``max_pairs`` pairs are gathered), runs it through the engine's
 length-sorted chunks, and hands each request its rows. A request whose deadline
-passes while queued is answered with :class:`RequestTimedOut` and never computed.
+passes while queued is answered with :class:`RequestTimedOut` and never computed; a
+request that would push the queue past ``max_queued_pairs`` is refused at once with
+:class:`QueueFull` (the server says 429) instead of waiting towards a certain timeout.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.engine import Encoded, NLIEngine
-from nli_service.inference.types import Pair, Prediction
+from nli_service.inference.types import Pair, Prediction, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,13 @@ class _AllExpired:
 class MicroBatcher:
     """Wraps an engine with the same ``logits``/``predict`` calls, batched across threads."""
 
-    def __init__(self, engine: NLIEngine, max_pairs: int, max_wait: float) -> None:
+    def __init__(self, engine: NLIEngine, max_pairs: int, max_wait: float, max_queued_pairs: int = 0) -> None:
         self.engine = engine
         self.max_pairs = max_pairs
         self.max_wait = max_wait
+        self.max_queued_pairs = max_queued_pairs  # 0: no limit
         self._queue: deque[_Job] = deque()
+        self._queued_pairs = 0  # in the queue, plus being tokenised for it
         self._arriving = 0  # requests tokenising now, about to queue
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._serve_forever, name="nli-batcher", daemon=True)
@@ -80,7 +84,12 @@ class MicroBatcher:
 
     def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
         """Queue ``pairs`` and wait for their logits, at most until ``deadline``."""
-        job = _Job(self._encode(pairs), deadline)
+        self._reserve(len(pairs))
+        try:
+            job = _Job(self._encode(pairs), deadline)
+        except BaseException:
+            self._release(len(pairs))
+            raise
         with self._condition:
             self._queue.append(job)
             self._condition.notify_all()
@@ -90,6 +99,16 @@ class MicroBatcher:
         if job.error is not None:
             raise job.error
         return job.logits
+
+    def _reserve(self, pairs: int) -> None:
+        with self._condition:
+            if self.max_queued_pairs and self._queued_pairs and self._queued_pairs + pairs > self.max_queued_pairs:
+                raise QueueFull(self._queued_pairs, self.max_queued_pairs)
+            self._queued_pairs += pairs
+
+    def _release(self, pairs: int) -> None:
+        with self._condition:
+            self._queued_pairs -= pairs
 
     def _encode(self, pairs: Sequence[Pair]) -> Encoded:
         """Tokenise in the request's thread; meanwhile the batcher may wait for this request."""
@@ -111,6 +130,7 @@ class MicroBatcher:
             while sum(job.size for job in jobs) < self.max_pairs:
                 if self._queue:
                     jobs.append(self._queue.popleft())
+                    self._queued_pairs -= jobs[-1].size
                     continue
                 remaining = wait_until - time.monotonic()
                 if self._arriving == 0 or remaining <= 0:
