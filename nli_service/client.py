@@ -16,10 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -107,6 +107,15 @@ def _zero_shot_results(text: str | Sequence[str], body: dict) -> ZeroShotResult 
     return [ZeroShotResult(r["labels"], r["scores"]) for r in body["results"]]
 
 
+T = TypeVar("T")
+
+
+def _from_json(cls: type[T], body: dict[str, Any], **converted: Any) -> T:
+    """``cls`` from a JSON body: ``converted`` fields as given, every other field by name (None when absent)."""
+    plain = {f.name: body.get(f.name) for f in fields(cls) if f.name not in converted and f.name != "raw"}
+    return cls(**plain, **converted, raw=body)
+
+
 @dataclass(frozen=True)
 class Health:
     """``GET /health``: ``status`` is "ok" once the model is loaded ("loading" before)."""
@@ -121,14 +130,12 @@ class Health:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Health:
-        return cls(
+        return _from_json(
+            cls,
+            body,
             status=body["status"],
-            model=body.get("model"),
             fallback=bool(body.get("fallback", False)),
-            model_loaded_at=body.get("model_loaded_at"),
             uptime_seconds=float(body.get("uptime_seconds", 0.0)),
-            pid=body.get("pid"),
-            raw=body,
         )
 
 
@@ -154,22 +161,13 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ModelInfo:
-        return cls(
+        return _from_json(
+            cls,
+            body,
             id=body["id"],
             labels=tuple(body.get("labels", ())),
             max_pairs=int(body.get("max_pairs", DEFAULT_MAX_PAIRS)),
-            max_body_bytes=body.get("max_body_bytes"),
-            request_timeout=body.get("request_timeout"),
-            source=body.get("source"),
             fallback=bool(body.get("fallback", False)),
-            device=body.get("device"),
-            dtype=body.get("dtype"),
-            backend=body.get("backend"),
-            max_length=body.get("max_length"),
-            batch_size=body.get("batch_size"),
-            parameters=body.get("parameters"),
-            loaded_at=body.get("loaded_at"),
-            raw=body,
         )
 
 

@@ -117,6 +117,15 @@ def human_agreement(examples: list[VotedExample], scores: Scores) -> dict[str, f
     return {"pairs": len(examples), "jsd": sum(distances) / len(distances), "majority_accuracy": hits / len(examples)}
 
 
+def agreement(scores: Scores, reference: Scores) -> dict[str, float]:
+    """How many top labels ``scores`` shares with ``reference``, and the largest probability difference."""
+    pairs = list(zip(scores, reference, strict=True))
+    return {
+        "same_labels": sum(max(a, key=a.get) == max(b, key=b.get) for a, b in pairs),
+        "max_probability_difference": max(abs(a[k] - b[k]) for a, b in pairs for k in a),
+    }
+
+
 def served_equals_direct(model: str, examples: list[Example], direct: Scores) -> dict[str, float]:
     """Score ``examples`` through a freshly started production service and compare with ``direct``."""
     from bench.server import Service
@@ -127,13 +136,11 @@ def served_equals_direct(model: str, examples: list[Example], direct: Scores) ->
         served = http_scorer(service.url, 64)([(e.premise, e.hypothesis) for e in examples])
     finally:
         service.stop()
-    same = sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(served, direct, strict=True))
     return {
         "pairs": len(examples),
         "accuracy_served": classification_metrics(examples, served)["accuracy"],
         "accuracy_direct": classification_metrics(examples, direct)["accuracy"],
-        "same_labels": same,
-        "max_probability_difference": max(abs(a[k] - b[k]) for a, b in zip(served, direct, strict=True) for k in a),
+        **agreement(served, direct),
     }
 
 
@@ -148,12 +155,13 @@ def compare_backends(model: str, examples: list[Example], direct: Scores, batch_
         score = engine_scorer(model, batch_size, backend, quantize)
         started = time.perf_counter()
         scores = score(pairs)
+        seconds = time.perf_counter() - started
+        agree = agreement(scores, direct)
         rows[f"{backend}/{quantize}"] = {
             "accuracy": classification_metrics(examples, scores)["accuracy"],
-            "label_agreement": sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(scores, direct, strict=True))
-            / len(examples),
-            "max_probability_difference": max(abs(a[k] - b[k]) for a, b in zip(scores, direct, strict=True) for k in a),
-            "pairs_per_second": len(examples) / (time.perf_counter() - started),
+            "label_agreement": agree["same_labels"] / len(examples),
+            "max_probability_difference": agree["max_probability_difference"],
+            "pairs_per_second": len(examples) / seconds,
         }
         print(f"backend {backend}/{quantize}", json.dumps(rows[f"{backend}/{quantize}"]), flush=True)
     return rows
