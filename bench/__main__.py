@@ -42,7 +42,7 @@ def _load_engine(model: str, backend: str = "torch", quantize: str = "none", **o
     from nli_service.inference.engine import NLIEngine
 
     engine = NLIEngine.from_pretrained(model, device="cpu", backend=backend, quantize=quantize, **options)
-    engine.start(CORES)
+    engine.start(threads=CORES)
     return engine
 
 

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from nli_service.inference.cores import available_cores
-
 DEFAULT_MODEL = "cross-encoder/nli-distilroberta-base"
 
 
@@ -179,10 +177,7 @@ class Settings:
         "recycle a worker after this many requests (+ up to 10 % jitter; 0: never)",
     )
     torch_threads: int | None = _setting(
-        "NLI_TORCH_THREADS",
-        "auto",
-        _optional_positive_int,
-        "torch threads per worker (auto: the cores split among the workers computing at each moment)",
+        "NLI_TORCH_THREADS", "auto", _optional_positive_int, "torch threads per worker (auto: cores // workers)"
     )
 
     model_is_default: bool = field(default=True, metadata={})  # NLI_MODEL unset: may fall back to the bundled model
@@ -210,7 +205,8 @@ class Settings:
         """Intra-op threads per process, so that workers x threads <= cores."""
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, available_cores() // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // workers)
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

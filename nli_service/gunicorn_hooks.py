@@ -19,12 +19,10 @@ from gunicorn import glogging
 
 from nli_service import logs
 from nli_service.config import ConfigError, Settings
-from nli_service.inference.cores import CoreShare, FixedCores, available_cores
 from nli_service.startup import exit_on_startup_error
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _metrics_dir_prepared = False
-_core_share: CoreShare | None = None  # made by the master at its first fork
 
 
 def settings_or_exit() -> Settings:
@@ -107,16 +105,10 @@ def when_ready(server: Any) -> None:
 
 def pre_fork(server: Any, worker: Any) -> None:
     """In the master, before each fork: move the loaded objects out of the garbage collector's
-    reach, so collections in the workers do not write to (and un-share) the preloaded pages;
-    with NLI_TORCH_THREADS=auto, give the new worker its slot in the shared core count."""
+    reach, so collections in the workers do not write to (and un-share) the preloaded pages."""
     import gc
 
-    global _core_share
     gc.freeze()
-    if Settings.from_env().torch_threads is None:
-        if _core_share is None:
-            _core_share = CoreShare(available_cores(), server.cfg.workers)
-        worker.core_slot = _core_share.take_slot()
 
 
 def post_worker_init(worker: Any) -> None:
@@ -127,11 +119,7 @@ def post_worker_init(worker: Any) -> None:
     wait out graceful_timeout."""
     from nli_service import runner
 
-    settings = Settings.from_env()
-    if settings.torch_threads is None and _core_share is not None:
-        runner.prepare_worker(_core_share.for_worker(getattr(worker, "core_slot", None)))
-    else:
-        runner.prepare_worker(FixedCores(settings.torch_threads_for(worker.cfg.workers)))
+    runner.prepare_worker(Settings.from_env().torch_threads_for(worker.cfg.workers))
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -139,5 +127,3 @@ def child_exit(server: Any, worker: Any) -> None:
     from nli_service import metrics
 
     metrics.mark_worker_dead(worker.pid)
-    if _core_share is not None:
-        _core_share.release_slot(getattr(worker, "core_slot", None))

@@ -25,7 +25,6 @@ from nli_service.inference.types import Pair, Prediction, QueueFull, ZeroShotRes
 
 if TYPE_CHECKING:
     from nli_service.inference.batcher import MicroBatcher
-    from nli_service.inference.cores import Cores
     from nli_service.inference.engine import NLIEngine
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ T = TypeVar("T")
 EXTENSION_KEY = "nli_engine"
 _process_engine: NLIEngine | None = None
 _process_engine_key: tuple[object, ...] | None = None
-_worker_cores: Cores | None = None  # set once this process serves requests
+_worker_threads: int | None = None  # set once this process serves requests
 # Keyed by pid (threads do not survive a fork), engine and the batcher's own settings.
 _batchers: dict[tuple[object, ...], MicroBatcher] = {}
 _batchers_lock = threading.Lock()
@@ -62,7 +61,7 @@ def load_engine(settings: Settings) -> NLIEngine:
         from nli_service.inference.memory import limit_heap_retention
 
         limit_heap_retention()  # before the weights: workers forked from here inherit it
-        if _worker_cores is None:
+        if _worker_threads is None:
             # Maybe the Gunicorn master before fork: a single thread never starts the
             # OpenMP pool (a dtype cast while loading could), which children would inherit broken.
             set_torch_threads(1)
@@ -71,20 +70,20 @@ def load_engine(settings: Settings) -> NLIEngine:
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
         _process_engine, _process_engine_key = engine, key
-        if _worker_cores is not None:  # loaded inside a worker (no preload): start here
-            engine.start(_worker_cores)
+        if _worker_threads is not None:  # loaded inside a worker (no preload): start here
+            engine.start(_worker_threads)
     return _process_engine
 
 
-def prepare_worker(cores: Cores) -> None:
+def prepare_worker(torch_threads: int) -> None:
     """In a freshly forked worker (or the dev server): size torch's threads, then warm up."""
     from nli_service.inference.engine import set_torch_threads
 
-    global _worker_cores
-    _worker_cores = cores
-    set_torch_threads(cores.threads())
+    global _worker_threads
+    _worker_threads = torch_threads
+    set_torch_threads(torch_threads)
     if _process_engine is not None:
-        _process_engine.start(cores)
+        _process_engine.start(torch_threads)
 
 
 def init_app(app: Flask) -> None:

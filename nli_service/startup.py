@@ -57,10 +57,9 @@ def start_metrics_or_exit(settings) -> None:
 def run_dev_server(app) -> None:
     """Flask's server, single-threaded (SIGALRM timeouts), no reloader, metrics on the side port."""
     from nli_service import runner
-    from nli_service.inference.cores import FixedCores
 
     settings = app.config["NLI_SETTINGS"]
-    runner.prepare_worker(FixedCores(settings.torch_threads_for(workers=1)))
+    runner.prepare_worker(settings.torch_threads_for(workers=1))
     if settings.metrics_port:
         start_metrics_or_exit(settings)
     log.info("development server starting", extra={"host": settings.host, "port": settings.port})

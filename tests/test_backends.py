@@ -41,7 +41,7 @@ def max_difference(a, b) -> float:
 @pytest.mark.parametrize(("backend", "quantize"), list(BACKENDS))
 def test_backend_agrees_with_torch_float32(backend: str, quantize: str, model_dir: Path, reference) -> None:
     engine = NLIEngine.from_pretrained(str(model_dir), backend=backend, quantize=quantize, batch_size=64)
-    engine.start(1)
+    engine.start(threads=1)
     pairs = _pairs(64)
     expected, got = reference.predict(pairs), engine.predict(pairs)
     difference = max_difference(expected, got)

@@ -14,7 +14,6 @@ from model_factory import SAMPLE_PAIRS, WORDS
 
 from nli_service.config import Settings
 from nli_service.deadline import Deadline, RequestTimedOut
-from nli_service.inference.cores import FixedCores
 from nli_service.inference.engine import NLIEngine, plan_chunks
 from nli_service.inference.loader import ModelLoadError
 from nli_service.inference.types import NLI_LABELS, Pair
@@ -122,7 +121,7 @@ def test_a_half_precision_checkpoint_is_cast_only_when_the_engine_starts(models_
     engine = NLIEngine.from_pretrained(str(folder), dtype="float32")
     assert next(engine.model.parameters()).dtype == torch.float16, "no cast at load time"
     assert engine.dtype == "float32", "/model reports the dtype the model will compute in"
-    engine.start(1)
+    engine.start(threads=1)
     assert next(engine.model.parameters()).dtype == torch.float32
     reference = NLIEngine.from_pretrained(str(folder), dtype="float32")
     reference.model.float()
@@ -219,7 +218,7 @@ def test_the_service_limits_heap_retention_before_loading_the_model(monkeypatch)
 
     monkeypatch.setattr(engine_module.NLIEngine, "from_settings", staticmethod(loading))
     monkeypatch.setattr(runner, "_process_engine", None)
-    monkeypatch.setattr(runner, "_worker_cores", FixedCores(2))  # as in a worker: leave this process's threads alone
+    monkeypatch.setattr(runner, "_worker_threads", 2)  # as in a worker: leave this process's threads alone
     with pytest.raises(RuntimeError, match="stop here"):
         runner.load_engine(Settings.from_env({}))
     assert calls == ["limit", "load"]

@@ -35,10 +35,6 @@ class Backend(Protocol):
 
     def start(self, threads: int) -> None: ...
 
-    def use_threads(self, threads: int) -> None:
-        """Threads for the next forward pass, where the runtime can change them."""
-        ...
-
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
@@ -65,10 +61,6 @@ class TorchBackend:
             self._runnable = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
             self._runnable = self.model
-
-    def use_threads(self, threads: int) -> None:
-        if threads != torch.get_num_threads():  # per calling thread with OpenMP
-            torch.set_num_threads(threads)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self._runnable is None:  # used before start(): cast / quantise now
@@ -127,9 +119,6 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-
-    def use_threads(self, threads: int) -> None:
-        """ONNX Runtime's pool is sized once, in :meth:`start`."""
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self._session is None:

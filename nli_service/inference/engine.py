@@ -22,7 +22,6 @@ import torch
 from nli_service.config import Settings
 from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
-from nli_service.inference.cores import Cores, FixedCores
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
     ModelLoadError,
@@ -135,7 +134,6 @@ class NLIEngine:
         self.load_seconds = load_seconds
         self.loaded_at = datetime.now(UTC)
         self.observer: ForwardObserver | None = None
-        self.cores: Cores = FixedCores(torch.get_num_threads())
 
     @classmethod
     def from_pretrained(
@@ -223,12 +221,10 @@ class NLIEngine:
         output = torch.empty((len(encoded.lengths), len(self.labels.names)), dtype=torch.float32)
         chunks = plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length)
         try:
-            with self.cores.computing():
-                for chunk in chunks:
-                    if deadline is not None:
-                        deadline.check()
-                    self.backend.use_threads(self.cores.threads())
-                    output[chunk] = self.forward(encoded, chunk)
+            for chunk in chunks:
+                if deadline is not None:
+                    deadline.check()
+                output[chunk] = self.forward(encoded, chunk)
         finally:
             largest = max((len(chunk) * max(encoded.lengths[i] for i in chunk) for chunk in chunks), default=0)
             if largest >= LARGE_FORWARD_TOKENS:
@@ -266,13 +262,9 @@ class NLIEngine:
             self.observer(len(chunk), inputs["input_ids"].numel(), time.perf_counter() - started)
         return logits
 
-    def start(self, cores: Cores | int) -> None:
-        """In the serving process, after any fork: quantise / open the runtime, then warm up.
-
-        ``cores``: a fixed number of threads, or a :class:`~nli_service.inference.cores.CoreShare`
-        that sizes each forward pass by the other workers' load."""
-        self.cores = FixedCores(cores) if isinstance(cores, int) else cores
-        self.backend.start(self.cores.fair_share)
+    def start(self, threads: int) -> None:
+        """In the serving process, after any fork: quantise / open the runtime, then warm up."""
+        self.backend.start(threads)
         self.warm_up()
 
     def warm_up(self) -> None:
