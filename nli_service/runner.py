@@ -58,9 +58,7 @@ def load_engine(settings: Settings) -> NLIEngine:
     key = _engine_key(settings)
     if _process_engine is None or _process_engine_key != key:
         from nli_service.inference.engine import NLIEngine, set_torch_threads
-        from nli_service.inference.memory import limit_heap_retention
 
-        limit_heap_retention()  # before the weights: workers forked from here inherit it
         if _worker_threads is None:
             # Maybe the Gunicorn master before fork: a single thread never starts the
             # OpenMP pool (a dtype cast while loading could), which children would inherit broken.

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from model_factory import SAMPLE_PAIRS, WORDS
 
-from nli_service.config import Settings
 from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.engine import NLIEngine, plan_chunks
 from nli_service.inference.loader import ModelLoadError
@@ -147,6 +143,8 @@ def test_chunks_cover_every_pair_once_within_both_limits(seed: int, sort: bool) 
 
 
 def test_freed_activations_are_given_back_after_large_forward_passes_only(engine: NLIEngine, monkeypatch) -> None:
+    import platform
+
     from nli_service.inference import engine as engine_module
     from nli_service.inference import memory
 
@@ -161,64 +159,3 @@ def test_freed_activations_are_given_back_after_large_forward_passes_only(engine
     monkeypatch.setattr(engine, "max_batch_tokens", 64 * 128)
     engine.predict([Pair(long_premise, "a dog")] * 40)  # 40 pairs x 128 tokens in one forward pass
     assert calls == [1]
-
-
-_HEAP_RETENTION_PROBE = """
-import ctypes, sys
-from nli_service.inference import memory
-if sys.argv[1] == "limited":
-    assert memory.limit_heap_retention()
-libc = ctypes.CDLL(None)
-libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-def resident():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096
-def touched(size):
-    block = libc.malloc(size)
-    libc.memset(block, 1, size)
-    return block
-libc.free(touched(8 << 20))  # a large freed block: glibc would now serve blocks up to 8 MiB from the heap
-before = resident()
-activations, survivors = [], []
-for _ in range(32):
-    activations.append(touched(1 << 20))
-    survivors.append(touched(100 << 10))  # long-lived objects between them: the heap cannot shrink
-for block in activations:
-    libc.free(block)
-print((resident() - before) >> 20)  # MiB still resident: 3 of survivors, plus what the heap kept
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
-@pytest.mark.parametrize(("mode", "most_kept_mib"), [("default", None), ("limited", 5)])
-def test_freed_activations_are_not_kept_by_the_heap(mode: str, most_kept_mib: int | None) -> None:
-    """With the service's fixed thresholds, 32 freed 1-MiB activation blocks interleaved with
-    live objects go back to the OS; with glibc's defaults the heap keeps them."""
-    result = subprocess.run(
-        [sys.executable, "-c", _HEAP_RETENTION_PROBE, mode], capture_output=True, text=True, check=True
-    )
-    kept_mib = int(result.stdout)
-    if most_kept_mib is None:
-        assert kept_mib >= 32, "the probe no longer shows glibc's default retention"
-    else:
-        assert kept_mib <= most_kept_mib
-
-
-def test_the_service_limits_heap_retention_before_loading_the_model(monkeypatch) -> None:
-    from nli_service import runner
-    from nli_service.inference import engine as engine_module
-    from nli_service.inference import memory
-
-    calls: list[str] = []
-    monkeypatch.setattr(memory, "limit_heap_retention", lambda: calls.append("limit") or True)
-
-    def loading(settings):
-        calls.append("load")
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(engine_module.NLIEngine, "from_settings", staticmethod(loading))
-    monkeypatch.setattr(runner, "_process_engine", None)
-    monkeypatch.setattr(runner, "_worker_threads", 2)  # as in a worker: leave this process's threads alone
-    with pytest.raises(RuntimeError, match="stop here"):
-        runner.load_engine(Settings.from_env({}))
-    assert calls == ["limit", "load"]
