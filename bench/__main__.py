@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.models import generated_model
 from bench.server import PROJECT_ROOT, Service, pss_mib
-from bench.workloads import as_json, long_tail, snli_pairs
+from bench.workloads import DATA_DIR, as_json, long_tail, snli_pairs
 from nli_service.inference.types import NLI_LABELS, Pair
 
 CORES = len(os.sched_getaffinity(0))
@@ -41,7 +41,10 @@ RESULTS = PROJECT_ROOT / "bench-results"
 def _load_engine(model: str, backend: str = "torch", quantize: str = "none", **options: Any):
     from nli_service.inference.engine import NLIEngine
 
-    engine = NLIEngine.from_pretrained(model, device="cpu", backend=backend, quantize=quantize, **options)
+    calibration = str(DATA_DIR / "snli" / "validation.tsv")
+    engine = NLIEngine.from_pretrained(
+        model, device="cpu", backend=backend, quantize=quantize, calibration_data=calibration, **options
+    )
     engine.start(threads=CORES)
     return engine
 

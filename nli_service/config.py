@@ -119,6 +119,12 @@ class Settings:
     quantize: str = _setting(
         "NLI_QUANTIZE", "none", _choice("none", "int8"), "none / int8 (dynamic int8 weights, CPU only)"
     )
+    calibration_data: str = _setting(
+        "NLI_CALIBRATION_DATA",
+        "../shared/data/nli/snli/validation.tsv",
+        _non_empty,
+        "premise/hypothesis TSV calibrating ONNX int8 (its first 512 pairs); missing: plain dynamic int8",
+    )
     batch_size: int = _setting("NLI_BATCH_SIZE", "8", _positive_int, "pairs per forward pass")
     max_batch_tokens: int = _setting(
         "NLI_MAX_BATCH_TOKENS", "8192", _positive_int, "padded tokens per forward pass (caps long-text batches)"

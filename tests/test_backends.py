@@ -70,3 +70,75 @@ def test_the_onnx_export_is_cached_and_reused(model_dir: Path) -> None:
     assert second.backend.path == exported and exported.stat().st_mtime_ns == stamp
     quantized = NLIEngine.from_pretrained(str(model_dir), backend="onnx", quantize="int8")
     assert quantized.backend.path != exported, "the cache key includes the settings"
+
+
+def _calibration_tsv(folder: Path) -> Path:
+    path = folder / "calibration.tsv"
+    rows = ["premise\thypothesis\tlabel"] + [
+        f"{p.premise}\t{p.hypothesis}\t{i % 3}" for i, p in enumerate(_pairs(96, 7))
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _smoothing_nodes(graph) -> list:
+    return [node for node in graph.node if node.op_type == "Mul" and node.input[-1].endswith("_smooth_inverse")]
+
+
+def _graph(path: Path):
+    import onnx
+
+    return onnx.load(str(path)).graph
+
+
+def test_calibrated_int8_smooths_activations_and_keeps_the_first_ffn_down_projection_float(
+    model_dir: Path, reference, tmp_path: Path
+) -> None:
+    calibration = _calibration_tsv(tmp_path)
+    plain = NLIEngine.from_pretrained(str(model_dir), backend="onnx", quantize="int8")
+    smoothed = NLIEngine.from_pretrained(
+        str(model_dir), backend="onnx", quantize="int8", calibration_data=str(calibration), batch_size=64
+    )
+    assert smoothed.backend.path != plain.backend.path, "the cache key includes the calibration"
+    graph = _graph(smoothed.backend.path)
+    layers = 2  # model_factory's tiny BERT: per layer one Q/K/V group, attention output, FFN up, FFN down
+    assert len(_smoothing_nodes(graph)) == 4 * layers
+    weights = {init.name: tuple(init.dims) for init in graph.initializer}
+    float_weighted = [weights[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(float_weighted) == 1 and float_weighted[0][0] > float_weighted[0][1], "only an FFN down-projection"
+    assert not _smoothing_nodes(_graph(plain.backend.path))
+    smoothed.start(threads=1)
+    pairs = _pairs(64)
+    assert max_difference(reference.predict(pairs), smoothed.predict(pairs)) <= BACKENDS[("onnx", "int8")]
+
+
+def test_smoothing_alone_changes_no_result(model_dir: Path, tmp_path: Path) -> None:
+    """Weights scaled up by s and activations down by s: the same function in float32."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from nli_service.inference import onnx_export
+
+    exported = NLIEngine.from_pretrained(str(model_dir), backend="onnx").backend
+    names = exported.input_names
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    pairs = [(p.premise, p.hypothesis) for p in _pairs(40, 3)]
+    batches = onnx_export.calibration_batches(tokenizer, pairs, names, 128)
+    model = onnx.load(str(exported.path))
+    smoothed = onnx.ModelProto()
+    smoothed.CopyFrom(model)
+    onnx_export.smooth(smoothed, batches)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(smoothed.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in batches:
+        np.testing.assert_allclose(before.run(None, batch)[0], after.run(None, batch)[0], atol=1e-4)
+
+
+def test_without_calibration_data_int8_is_plain_dynamic_quantisation(model_dir: Path, tmp_path: Path) -> None:
+    missing = NLIEngine.from_pretrained(
+        str(model_dir), backend="onnx", quantize="int8", calibration_data=str(tmp_path / "absent.tsv")
+    )
+    plain = NLIEngine.from_pretrained(str(model_dir), backend="onnx", quantize="int8")
+    assert missing.backend.path == plain.backend.path

@@ -48,7 +48,14 @@ def engine_scorer(
     from nli_service.inference.types import Pair
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    engine = NLIEngine.from_pretrained(model, device="cpu", batch_size=batch_size, backend=backend, quantize=quantize)
+    engine = NLIEngine.from_pretrained(
+        model,
+        device="cpu",
+        batch_size=batch_size,
+        backend=backend,
+        quantize=quantize,
+        calibration_data=str(nli_data.DATA_DIR / "snli" / "validation.tsv"),
+    )
     return lambda pairs: [p.scores for p in engine.predict([Pair(a, b) for a, b in pairs])]
 
 

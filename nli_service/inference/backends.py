@@ -3,8 +3,10 @@
 - ``torch``: the transformers model; ``int8`` applies dynamic quantisation to its
   Linear layers.
 - ``onnx``: ONNX Runtime with full graph optimisation; ``int8`` uses ORT's dynamic
-  quantisation. The ONNX file is exported once, in a separate process, and cached on
-  disk under a key of the model's files and the settings, so workers never re-export.
+  quantisation after SmoothQuant-style smoothing calibrated on ``calibration_data``
+  (see ``onnx_export``). The ONNX file is exported once, in a separate process, and
+  cached on disk under a key of the model's files, the calibration file and the
+  settings, so workers never re-export.
 
 Anything that runs the model, casts or quantises happens in :meth:`start`, which
 is called in each worker after the fork: the Gunicorn master only loads weights.
@@ -26,6 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
+INT8_SCHEME = "smoothed-a0.8-v1"  # part of the cache key: change it when onnx_export's int8 recipe changes
 
 
 class Backend(Protocol):
@@ -70,9 +73,9 @@ class TorchBackend:
             return self._runnable(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
-def _files_fingerprint(folder: Path) -> str:
+def _files_fingerprint(files: list[Path]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
+    for file in sorted(files):
         if file.is_file() and not file.name.startswith("."):
             stat = file.stat()
             digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -90,10 +93,18 @@ class OnnxBackend:
     name = "onnx"
     dtype = torch.float32  # exported from float32 weights
 
-    def __init__(self, model_path: str, input_names: list[str], quantize: str = "none") -> None:
+    def __init__(
+        self, model_path: str, input_names: list[str], quantize: str = "none", calibration_data: str | None = None
+    ) -> None:
         self.quantize = quantize
         self.input_names = input_names
-        key = f"{Path(model_path).name}-{_files_fingerprint(Path(model_path))}-opset{ONNX_OPSET}-{quantize}"
+        calibration = Path(calibration_data) if calibration_data else None
+        self.calibration = calibration if quantize == "int8" and calibration and calibration.is_file() else None
+        variant = quantize
+        if self.calibration is not None:
+            variant = f"{quantize}-{INT8_SCHEME}-{_files_fingerprint([self.calibration])}"
+        model_files = _files_fingerprint(list(Path(model_path).iterdir()))
+        key = f"{Path(model_path).name}-{model_files}-opset{ONNX_OPSET}-{variant}"
         self.path = onnx_cache_dir() / key / "model.onnx"
         self._ensure_exported(model_path)
         self._session: Any = None
@@ -107,6 +118,8 @@ class OnnxBackend:
             log.info("exporting the model to ONNX", extra={"path": str(self.path)})
             command = [sys.executable, "-m", "nli_service.inference.onnx_export", model_path, str(self.path)]
             command += ["--quantize", self.quantize, "--inputs", ",".join(self.input_names)]
+            if self.calibration is not None:
+                command += ["--calibration", str(self.calibration)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"ONNX export failed: {result.stderr.strip().splitlines()[-1:]}")

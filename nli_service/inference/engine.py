@@ -147,6 +147,7 @@ class NLIEngine:
         offline: bool = False,
         hub_timeout: float = 5.0,
         fallback: bool = False,
+        calibration_data: str | None = None,
         **options: Any,
     ) -> NLIEngine:
         """Find and load ``model`` (hub id, folder or ``bundled``); raises :class:`ModelLoadError`."""
@@ -160,7 +161,7 @@ class NLIEngine:
         runner: Backend = TorchBackend(network, quantize, torch_dtype)
         if backend == "onnx":
             try:
-                runner = OnnxBackend(source.path, list(tokenizer.model_input_names), quantize)
+                runner = OnnxBackend(source.path, list(tokenizer.model_input_names), quantize, calibration_data)
             except RuntimeError as error:
                 raise ModelLoadError(str(error)) from None
         try:
@@ -182,6 +183,7 @@ class NLIEngine:
             offline=settings.offline,
             hub_timeout=settings.hub_timeout,
             fallback=settings.model_is_default,
+            calibration_data=settings.calibration_data,
             batch_size=settings.batch_size,
             max_length=settings.max_length,
             max_batch_tokens=settings.max_batch_tokens,
