@@ -32,20 +32,21 @@ from bench.workloads import DATA_DIR, as_json, long_tail, snli_pairs
 from nli_service.inference.types import NLI_LABELS, Pair
 
 CORES = len(os.sched_getaffinity(0))
+TUNED_WORKERS = 2  # gthread workers of the tuned set-up, one core each here
 RESULTS = PROJECT_ROOT / "bench-results"
 
 
 # -- 1. the engine alone ----------------------------------------------------------------
 
 
-def _load_engine(model: str, backend: str = "torch", quantize: str = "none", **options: Any):
+def _load_engine(model: str, backend: str = "torch", quantize: str = "none", threads: int = CORES, **options: Any):
     from nli_service.inference.engine import NLIEngine
 
     calibration = str(DATA_DIR / "snli" / "validation.tsv")
     engine = NLIEngine.from_pretrained(
         model, device="cpu", backend=backend, quantize=quantize, calibration_data=calibration, **options
     )
-    engine.start(threads=CORES)
+    engine.start(threads)
     return engine
 
 
@@ -73,6 +74,11 @@ def _pairs_per_second(
     return done / (time.perf_counter() - started), latencies
 
 
+def _p50_p99_ms(latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    return round(statistics.median(ordered) * 1000, 1), round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 1)
+
+
 def _agreement(reference: list, other: list) -> dict[str, float]:
     same = sum(a.label == b.label for a, b in zip(reference, other, strict=True))
     worst = max(abs(a.scores[k] - b.scores[k]) for a, b in zip(reference, other, strict=True) for k in NLI_LABELS)
@@ -86,8 +92,13 @@ def measure_engine(model: str, backend: str, quantize: str, pairs: list[Pair], s
         rate, latencies = _pairs_per_second(engine, pairs[:128], batch_size, seconds)
         raw[f"batch_{batch_size}"] = round(rate, 2)
         if batch_size == 1:
-            raw["batch_1_p50_ms"] = round(statistics.median(latencies) * 1000, 1)
-            raw["batch_1_p99_ms"] = round(sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000, 1)
+            raw["batch_1_p50_ms"], raw["batch_1_p99_ms"] = _p50_p99_ms(latencies)
+    # Batch-1 latency of the engine as a tuned worker runs it: with its share of the cores.
+    raw["worker_threads"] = max(1, CORES // TUNED_WORKERS)
+    worker = _load_engine(model, backend, quantize, threads=raw["worker_threads"])
+    latencies = _pairs_per_second(worker, pairs[:128], 1, seconds)[1]
+    raw["worker_batch_1_p50_ms"], raw["worker_batch_1_p99_ms"] = _p50_p99_ms(latencies)
+    del worker
     print(f"raw engine ({backend}/{quantize}): {raw}", flush=True)
 
     reference = _load_engine(model)
@@ -171,7 +182,7 @@ def tuned_settings(common: dict[str, str]) -> dict[str, str]:
     return {
         **common,
         "NLI_WORKER_CLASS": "gthread",
-        "NLI_WORKERS": "2",
+        "NLI_WORKERS": str(TUNED_WORKERS),
         "NLI_THREADS": "16",
         "NLI_BATCH_SIZE": "16",
         "NLI_BATCH_WAIT_MS": "5",
@@ -182,12 +193,16 @@ def tuned_settings(common: dict[str, str]) -> dict[str, str]:
 
 
 def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
-    """(target, measured ratio, required ratio, met) for each of the issue's targets."""
+    """(target, measured ratio, required ratio, met) for each of the issue's targets.
+
+    Ratios marked "lower is better" are met at or under the required value."""
     engine, tuned, naive = result["engine"], result["tuned"], result["naive"]
     raw_limit = max(engine["raw"]["batch_8"], engine["raw"]["batch_32"])
     fp32 = engine["backends"]["torch/none"]["pairs_per_second"]
     best_int8 = max(engine["backends"][k]["pairs_per_second"] for k in ("torch/int8", "onnx/int8"))
-    raw_p50, raw_p99 = engine["raw"]["batch_1_p50_ms"], engine["raw"]["batch_1_p99_ms"]
+    raw = engine["raw"]
+    c1_p99 = tuned["single_c1"]["p99_ms"]
+    threads = f"{raw['worker_threads']} thread{'s' if raw['worker_threads'] > 1 else ''}"
     tail = engine["long_tail"]
     rows = [
         ("/batch-predict (32 pairs, c=2) / raw limit", tuned["batch32_c2"]["pairs_per_second"] / raw_limit, 0.9),
@@ -199,15 +214,19 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ),
         ("best int8 / torch fp32 (raw, batch 32)", best_int8 / fp32, 2.5),
         ("4 workers' PSS / one process (lower is better)", naive["pss_mib"]["total"] / result["single_pss_mib"], 1.5),
-        ("p99 at c=1 / raw batch-1 p50 latency (lower is better)", tuned["single_c1"]["p99_ms"] / raw_p50, 1.3),
-        ("p99 at c=1 / raw batch-1 p99 latency (lower is better)", tuned["single_c1"]["p99_ms"] / raw_p99, 1.3),
+        ("p99 at c=1 / raw batch-1 p50 latency (lower is better)", c1_p99 / raw["batch_1_p50_ms"], 1.3),
+        ("p99 at c=1 / raw batch-1 p99 latency (lower is better)", c1_p99 / raw["batch_1_p99_ms"], 1.3),
+        (
+            f"p99 at c=1 / raw batch-1 p99 with a tuned worker's {threads} (lower is better)",
+            c1_p99 / raw["worker_batch_1_p99_ms"],
+            1.3,
+        ),
         ("long tail: sorted / unsorted, both batch 8 (the default)", tail["sorted_b8"] / tail["unsorted_b8"], 3.0),
         ("long tail: sorted / unsorted, both batch 32", tail["sorted_b32"] / tail["unsorted_b32"], 3.0),
     ]
-    lower_is_better = {4, 5, 6}
     return [
-        (label, round(value, 2), need, value <= need if i in lower_is_better else value >= need)
-        for i, (label, value, need) in enumerate(rows)
+        (label, round(value, 2), need, value <= need if "lower is better" in label else value >= need)
+        for label, value, need in rows
     ]
 
 
@@ -217,8 +236,10 @@ def render(result: dict[str, Any]) -> str:
     lines += ["| raw engine | batch 1 | batch 8 | batch 32 | batch-1 p50 / p99 ms |", "|---|---|---|---|---|"]
     raw = engine["raw"]
     lines += [
-        f"| pairs/s | {raw['batch_1']} | {raw['batch_8']} | {raw['batch_32']} | "
+        f"| pairs/s, {CORES} threads | {raw['batch_1']} | {raw['batch_8']} | {raw['batch_32']} | "
         f"{raw['batch_1_p50_ms']} / {raw['batch_1_p99_ms']} |",
+        f"| {raw['worker_threads']} thread(s), as a tuned worker | | | | "
+        f"{raw['worker_batch_1_p50_ms']} / {raw['worker_batch_1_p99_ms']} |",
         "",
     ]
     lines += ["| backend (batch 32) | pairs/s median | range (3 runs) | label agreement | max prob diff |"]
