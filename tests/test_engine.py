@@ -10,7 +10,7 @@ import torch
 from model_factory import SAMPLE_PAIRS, WORDS
 
 from nli_service.deadline import Deadline, RequestTimedOut
-from nli_service.inference.engine import NLIEngine, plan_chunks
+from nli_service.inference.engine import FORWARD_OVERHEAD_TOKENS, NLIEngine, plan_chunks
 from nli_service.inference.loader import ModelLoadError
 from nli_service.inference.types import NLI_LABELS, Pair
 
@@ -137,9 +137,44 @@ def test_chunks_cover_every_pair_once_within_both_limits(seed: int, sort: bool) 
         assert len(chunk) <= max_pairs
         padded = max(lengths[i] for i in chunk) * len(chunk)
         assert len(chunk) == 1 or padded <= max_tokens
-    if sort:  # sorted chunks pad less than chunks in input order
-        padded_tokens = lambda plan: sum(max(lengths[i] for i in c) * len(c) for c in plan)  # noqa: E731
-        assert padded_tokens(chunks) <= padded_tokens(plan_chunks(lengths, max_pairs, max_tokens, sort=False))
+    if sort:  # sorted chunks cost less than chunks in input order
+        assert _plan_cost(lengths, chunks) <= _plan_cost(
+            lengths, plan_chunks(lengths, max_pairs, max_tokens, sort=False)
+        )
+
+
+def _plan_cost(lengths: list[int], plan: list[list[int]]) -> int:
+    """Padded tokens plus the planner's price of each forward pass."""
+    return sum(max(lengths[i] for i in chunk) * len(chunk) + FORWARD_OVERHEAD_TOKENS for chunk in plan)
+
+
+def _cheapest_cost(widths: list[int], max_pairs: int, max_tokens: int) -> int:
+    """Every way of cutting the longest-first order into passes, tried one by one."""
+    if not widths:
+        return 0
+    return min(
+        taken * widths[0] + FORWARD_OVERHEAD_TOKENS + _cheapest_cost(widths[taken:], max_pairs, max_tokens)
+        for taken in range(1, min(max_pairs, len(widths)) + 1)
+        if taken == 1 or taken * widths[0] <= max_tokens
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_sorted_chunks_are_the_cheapest_cut_of_the_longest_first_order(seed: int) -> None:
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(5, 40), rng.randint(200, 512)]) for _ in range(rng.randint(1, 11))]
+    max_pairs, max_tokens = rng.randint(1, 8), rng.randint(256, 2048)
+    widths = sorted(lengths, reverse=True)
+    plan = plan_chunks(lengths, max_pairs, max_tokens)
+    assert _plan_cost(lengths, plan) == _cheapest_cost(widths, max_pairs, max_tokens)
+
+
+def test_a_few_long_pairs_get_their_own_pass_instead_of_padding_short_ones() -> None:
+    lengths = [20] * 10 + [480, 500] + [25] * 20
+    chunks = plan_chunks(lengths, max_pairs=32, max_tokens=32 * 512)
+    assert chunks[0] == [11, 10]  # the two long pairs together
+    assert sorted(i for chunk in chunks[1:] for i in chunk) == [*range(10), *range(12, 32)]
+    assert all(len(chunk) > 1 for chunk in chunks[1:]), "short pairs still share passes"
 
 
 def test_freed_activations_are_given_back_after_large_forward_passes_only(engine: NLIEngine, monkeypatch) -> None:
