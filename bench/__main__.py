@@ -2,7 +2,7 @@
 
 1. Raw engine limit (no HTTP) at batch 1, 8, 32 for the chosen backend, and the other
    backends (torch int8, ONNX fp32 / int8) against torch fp32: speed (median and range of
-   3 repeats) and agreement. A long-tail workload, length-sorted vs input order.
+   3 round-robin repeats) and agreement. A long-tail workload, length-sorted vs input order.
 2. The real service under Gunicorn with the production config (gthread workers with
    cross-request micro-batching), driven by a separate load-generator process:
    /batch-predict (32 pairs, 2 clients) and /predict (1, 4, 16 clients).
@@ -33,6 +33,7 @@ from nli_service.inference.types import NLI_LABELS, Pair
 
 CORES = len(os.sched_getaffinity(0))
 TUNED_WORKERS = 2  # gthread workers of the tuned set-up, one core each here
+VARIANTS = ("torch/none", "torch/int8", "onnx/none", "onnx/int8")  # backend/quantize, compared side by side
 RESULTS = PROJECT_ROOT / "bench-results"
 
 
@@ -103,16 +104,20 @@ def measure_engine(model: str, backend: str, quantize: str, pairs: list[Pair], s
 
     reference = _load_engine(model)
     expected = reference.predict(pairs[:256])
+    engines = {name: _load_engine(model, *name.split("/")) for name in VARIANTS}
+    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(3):  # round-robin: a slow spell of the shared machine hits every variant alike
+        for name, variant in engines.items():
+            rates[name].append(_pairs_per_second(variant, pairs[:128], 32, seconds / 2)[0])
     variants: dict[str, Any] = {}
-    for other_backend, other_quantize in (("torch", "none"), ("torch", "int8"), ("onnx", "none"), ("onnx", "int8")):
-        variant = _load_engine(model, other_backend, other_quantize)
-        rates = [_pairs_per_second(variant, pairs[:128], 32, seconds / 2)[0] for _ in range(3)]
-        variants[f"{other_backend}/{other_quantize}"] = {
-            "pairs_per_second": round(statistics.median(rates), 2),
-            "range": [round(min(rates), 2), round(max(rates), 2)],
+    for name, variant in engines.items():
+        variants[name] = {
+            "pairs_per_second": round(statistics.median(rates[name]), 2),
+            "range": [round(min(rates[name]), 2), round(max(rates[name]), 2)],
             **_agreement(expected, variant.predict(pairs[:256])),
         }
-        print(f"  {other_backend}/{other_quantize}: {variants[f'{other_backend}/{other_quantize}']}", flush=True)
+        print(f"  {name}: {variants[name]}", flush=True)
+    del engines
 
     # Requests of 64 pairs in forward passes of 8 (the service's default) and of 32 pairs: input
     # order (the guide's way) against length-sorted chunks, same batch size, no token budget.
