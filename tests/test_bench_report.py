@@ -55,7 +55,8 @@ def test_each_target_is_judged_in_its_direction() -> None:
     met = _met()
     assert met["/predict c=16 / raw limit"] is True  # 50 / 45
     assert met["/predict c=16 / naive /predict c=16"] is True  # 50 / 6
-    assert met["best int8 / torch fp32 (raw, batch 32)"] is True  # 120 / 42
+    assert met["ONNX int8 / torch fp32 (raw, batch 32)"] is True  # 120 / 42
+    assert met["torch int8 / torch fp32 (raw, batch 32)"] is False  # 100 / 42
     assert met["4 workers' PSS / one process (lower is better)"] is True  # 700 / 500
     assert met["p99 at c=1 / raw batch-1 p99 latency (lower is better)"] is True  # 60 / 50
     assert met["p99 at c=1 / raw batch-1 p50 latency (lower is better)"] is False  # 60 / 34
