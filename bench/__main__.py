@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Any
 
+from bench.loadgen import percentile
 from bench.models import generated_model
 from bench.server import PROJECT_ROOT, Service, pss_mib
 from bench.workloads import DATA_DIR, as_json, long_tail, snli_pairs
@@ -76,8 +77,7 @@ def _pairs_per_second(
 
 
 def _p50_p99_ms(latencies: list[float]) -> tuple[float, float]:
-    ordered = sorted(latencies)
-    return round(statistics.median(ordered) * 1000, 1), round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 1)
+    return round(percentile(latencies, 50) * 1000, 1), round(percentile(latencies, 99) * 1000, 1)
 
 
 def _agreement(reference: list, other: list) -> dict[str, float]:
@@ -159,15 +159,41 @@ def _request_bodies(pairs: list[Pair]) -> tuple[list[dict], list[dict]]:
     return singles, batches
 
 
+SERVICE_WORKLOADS = {  # name: (path, concurrent clients)
+    "batch32_c2": ("/batch-predict", 2),
+    "single_c1": ("/predict", 1),
+    "single_c4": ("/predict", 4),
+    "single_c16": ("/predict", 16),
+}
+SERVICE_ROUNDS = 3
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one workload: median pairs/s with its range, percentiles of all latencies."""
+    latencies = sorted(latency / 1000 for run in runs for latency in run["latencies_ms"])
+    rates = [run["pairs_per_second"] for run in runs]
+    return {
+        "requests": len(latencies),
+        "errors": sum(run["errors"] for run in runs),
+        "pairs_per_second": round(statistics.median(rates), 2),
+        "range": [min(rates), max(rates)],
+        **{f"p{q}_ms": round(percentile(latencies, q) * 1000, 1) for q in (50, 95, 99)},
+    }
+
+
 def measure_service(name: str, settings: dict[str, str], workers: int, pairs: list[Pair], seconds: float) -> dict:
+    """Each workload in ``SERVICE_ROUNDS`` round-robin runs of ``seconds / 2``."""
     service = Service(settings)
     try:
         service.wait_ready(workers)
         singles, batches = _request_bodies(pairs)
         _drive(service, "/predict", singles, 4, 2)  # warm-up
-        results = {"batch32_c2": _drive(service, "/batch-predict", batches, 2, seconds)}
-        for concurrency in (1, 4, 16):
-            results[f"single_c{concurrency}"] = _drive(service, "/predict", singles, concurrency, seconds)
+        runs: dict[str, list[dict]] = {workload: [] for workload in SERVICE_WORKLOADS}
+        for _ in range(SERVICE_ROUNDS):  # a slow spell of the shared machine hits every workload alike
+            for workload, (path, concurrency) in SERVICE_WORKLOADS.items():
+                bodies = batches if path == "/batch-predict" else singles
+                runs[workload].append(_drive(service, path, bodies, concurrency, seconds / 2))
+        results: dict[str, Any] = {workload: _summary(runs[workload]) for workload in SERVICE_WORKLOADS}
         results["pss_mib"] = service.pss_mib()
         print(f"{name}: {json.dumps(results)}", flush=True)
         return results
@@ -263,15 +289,15 @@ def render(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| service | workload | pairs/s | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        f"| service | workload | pairs/s median | range ({SERVICE_ROUNDS} runs) | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ("tuned", "naive"):
-        for workload in ("batch32_c2", "single_c1", "single_c4", "single_c16"):
+        for workload in SERVICE_WORKLOADS:
             row = result[name][workload]
             lines.append(
-                f"| {name} | {workload} | {row['pairs_per_second']} | {row['p50_ms']} | {row['p95_ms']} | "
-                f"{row['p99_ms']} | {row['errors']} |"
+                f"| {name} | {workload} | {row['pairs_per_second']} | {row['range'][0]}–{row['range'][1]} | "
+                f"{row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} | {row['errors']} |"
             )
     lines += [
         "",

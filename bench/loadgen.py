@@ -16,7 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -94,10 +94,11 @@ def run(url: str, path: str, bodies: list[dict], concurrency: int, duration: flo
         "errors": errors,
         "seconds": round(wall, 3),
         "pairs_per_second": round(pairs_done / wall, 2),
-        "p50_ms": round(_percentile(latencies, 50) * 1000, 1),
-        "p95_ms": round(_percentile(latencies, 95) * 1000, 1),
-        "p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p95_ms": round(percentile(latencies, 95) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else float("nan"),
+        "latencies_ms": [round(latency * 1000, 2) for latency in latencies],
     }
 
 

@@ -10,7 +10,8 @@ from bench.__main__ import render, targets
 
 
 def _service(pairs_per_second: float, p99_ms: float = 40.0) -> dict:
-    row = {"pairs_per_second": pairs_per_second, "p50_ms": 30.0, "p95_ms": 35.0, "p99_ms": p99_ms, "errors": 0}
+    row = {"pairs_per_second": pairs_per_second, "range": [pairs_per_second, pairs_per_second]}
+    row.update({"p50_ms": 30.0, "p95_ms": 35.0, "p99_ms": p99_ms, "errors": 0})
     workloads = ("batch32_c2", "single_c1", "single_c4", "single_c16")
     return {**{name: dict(row) for name in workloads}, "pss_mib": {"total": 700.0, "processes": 5}}
 
@@ -76,3 +77,17 @@ def test_the_table_names_every_target_and_whether_it_is_met() -> None:
     table = render(RESULT)
     for label, value, need, met in targets(RESULT):
         assert f"| {label} | {value} | {need} | {'yes' if met else 'NO'} |" in table
+
+
+def test_runs_of_a_workload_give_the_median_rate_and_percentiles_of_all_latencies() -> None:
+    from bench.__main__ import _summary
+
+    runs = [
+        {"pairs_per_second": 10.0, "errors": 0, "latencies_ms": [10.0] * 50},
+        {"pairs_per_second": 30.0, "errors": 1, "latencies_ms": [20.0] * 49 + [500.0]},
+        {"pairs_per_second": 20.0, "errors": 0, "latencies_ms": [15.0] * 50},
+    ]
+    summary = _summary(runs)
+    assert summary["pairs_per_second"] == 20.0 and summary["range"] == [10.0, 30.0]
+    assert summary["requests"] == 150 and summary["errors"] == 1
+    assert summary["p50_ms"] == 15.0 and summary["p99_ms"] == 20.0  # one slow request in 150 is under p99
