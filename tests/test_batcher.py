@@ -69,7 +69,7 @@ def test_a_request_past_its_deadline_in_the_queue_is_dropped_uncomputed(engine: 
     assert time.monotonic() - started < 0.3, "answered at its deadline, not after the busy forward"
     blocker.join()
     time.sleep(0.1)
-    assert forwarded == [4], "the expired request was never computed"
+    assert sum(forwarded) == 4, "only the blocker's pairs were computed, never the expired request's"
     assert len(batcher.predict(_pairs(1, seed=3))) == 1, "the batcher keeps serving"
 
 
