@@ -49,7 +49,7 @@ def test_backend_agrees_with_torch_float32(backend: str, quantize: str, model_di
     print(f"{backend}/{quantize}: max probability difference {difference:.2e}, label agreement {agreement:.1%}")
     assert difference <= BACKENDS[(backend, quantize)]
     if quantize == "none":
-        assert agreement == 1.0
+        assert agreement == 1.0 and engine.describe()["quantization"] == "none"
     assert engine.describe()["backend"] == backend and engine.describe()["quantize"] == quantize
 
 
@@ -107,6 +107,8 @@ def test_calibrated_int8_smooths_activations_and_keeps_the_first_ffn_down_projec
     float_weighted = [weights[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert len(float_weighted) == 1 and float_weighted[0][0] > float_weighted[0][1], "only an FFN down-projection"
     assert not _smoothing_nodes(_graph(plain.backend.path))
+    assert smoothed.describe()["quantization"].startswith("smoothed dynamic int8, calibrated on calibration.tsv")
+    assert plain.describe()["quantization"] == "dynamic int8, per-channel weight scales"
     smoothed.start(threads=1)
     pairs = _pairs(64)
     assert max_difference(reference.predict(pairs), smoothed.predict(pairs)) <= BACKENDS[("onnx", "int8")]

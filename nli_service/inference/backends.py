@@ -34,6 +34,7 @@ INT8_SCHEME = "smoothed-a0.8-v1"  # part of the cache key: change it when onnx_e
 class Backend(Protocol):
     name: str
     quantize: str
+    quantization: str  # how, in words, for /model
     dtype: torch.dtype  # what the model computes in, once started
 
     def start(self, threads: int) -> None: ...
@@ -49,6 +50,7 @@ class TorchBackend:
     def __init__(self, model: Any, quantize: str = "none", dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.quantize = quantize
+        self.quantization = "dynamic int8, per-tensor weight scales" if quantize == "int8" else "none"
         self.dtype = dtype or model.dtype
         ready = quantize == "none" and model.dtype == self.dtype
         self._runnable = model if ready else None
@@ -101,8 +103,10 @@ class OnnxBackend:
         calibration = Path(calibration_data) if calibration_data else None
         self.calibration = calibration if quantize == "int8" and calibration and calibration.is_file() else None
         variant = quantize
+        self.quantization = "dynamic int8, per-channel weight scales" if quantize == "int8" else "none"
         if self.calibration is not None:
             variant = f"{quantize}-{INT8_SCHEME}-{_files_fingerprint([self.calibration])}"
+            self.quantization = f"smoothed dynamic int8, calibrated on {self.calibration.name} ({INT8_SCHEME})"
         model_files = _files_fingerprint(list(Path(model_path).iterdir()))
         key = f"{Path(model_path).name}-{model_files}-opset{ONNX_OPSET}-{variant}"
         self.path = onnx_cache_dir() / key / "model.onnx"

@@ -354,6 +354,7 @@ class NLIEngine:
             "dtype": self.dtype,
             "backend": self.backend.name,
             "quantize": self.backend.quantize,
+            "quantization": self.backend.quantization,
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens,
