@@ -59,7 +59,7 @@ def calibration_pairs(path: Path | None, limit: int = CALIBRATION_PAIRS) -> list
 def calibration_batches(
     tokenizer: Any, pairs: list[tuple[str, str]], input_names: list[str], max_length: int
 ) -> list[dict]:
-    """Length-sorted padded batches of ``pairs``, as the service forms them."""
+    """``pairs`` in length-sorted batches, each padded to its longest pair."""
     if not pairs:
         return []
     premises, hypotheses = [p for p, _ in pairs], [h for _, h in pairs]
@@ -68,13 +68,8 @@ def calibration_batches(
     batches = []
     for start in range(0, len(order), CALIBRATION_BATCH):
         chunk = order[start : start + CALIBRATION_BATCH]
-        width = max(len(encoded["input_ids"][i]) for i in chunk)
-        batch = {}
-        for name in input_names:
-            pad = (tokenizer.pad_token_id or 0) if name == "input_ids" else 0
-            rows = [encoded[name][i] + [pad] * (width - len(encoded[name][i])) for i in chunk]
-            batch[name] = np.array(rows, dtype=np.int64)
-        batches.append(batch)
+        padded = tokenizer.pad({name: [encoded[name][i] for i in chunk] for name in input_names}, return_tensors="np")
+        batches.append({name: padded[name].astype(np.int64) for name in input_names})
     return batches
 
 
