@@ -28,7 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
-INT8_SCHEME = "smoothed-a0.8-v1"  # part of the cache key: change it when onnx_export's int8 recipe changes
+INT8_SCHEME = "smoothed-a0.8-outliers8-v2"  # part of the cache key: change it when onnx_export's int8 recipe changes
 
 
 class Backend(Protocol):

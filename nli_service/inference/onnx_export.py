@@ -9,7 +9,10 @@ activation tensor) of the MatMuls, preceded by SmoothQuant-style smoothing
 (Xiao et al. 2023): per input channel ``s = max|x|^alpha / max|w|^(1 - alpha)``
 from calibration activations, weight rows multiplied by ``s`` and the activation
 divided by ``s`` (a ``Mul`` before each MatMul or group of MatMuls sharing an input).
-The first FFN down-projection stays float32 (the most sensitive one). Calibration
+In each FFN down-projection the few input channels with the largest calibration
+activations are split off (LLM.int8()-style, Dettmers et al. 2022): the ``Mul`` zeroes
+them on the int8 path, so they no longer set its scale, and a small float32 MatMul
+adds their part back. Both steps leave the float32 function unchanged. Calibration
 uses the first pairs of a premise/hypothesis TSV (``NLI_CALIBRATION_DATA``: SNLI
 validation, never test); without one it falls back to plain dynamic quantisation.
 """
@@ -34,6 +37,8 @@ from nli_service.inference.engine import model_length_limit
 CALIBRATION_PAIRS = 512
 CALIBRATION_BATCH = 32
 SMOOTH_ALPHA = 0.8
+OUTLIER_CHANNELS = 8
+"""Input channels of each FFN down-projection computed in float32 beside its int8 MatMul."""
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -103,30 +108,62 @@ def _activation_maxima(model: Any, names: list[str], batches: list[dict]) -> dic
     return maxima
 
 
-def smooth(model: Any, batches: list[dict], alpha: float = SMOOTH_ALPHA) -> list[str]:
-    """Smooth every weighted MatMul group of ``model`` in place; the names of the MatMuls to keep float."""
+def smooth(model: Any, batches: list[dict], alpha: float = SMOOTH_ALPHA, outliers: int = OUTLIER_CHANNELS) -> list[str]:
+    """Smooth every weighted MatMul group of ``model`` in place and split the ``outliers``
+    largest input channels of each FFN down-projection off to float32; the names of the
+    MatMuls to keep float."""
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
     groups = _weighted_matmuls(model)
     maxima = _activation_maxima(model, list(groups), batches)
     nodes = list(model.graph.node)
+    keep_float: list[str] = []
     for tensor, matmuls in groups.items():
         weights = [numpy_helper.to_array(inits[node.input[1]]) for node in matmuls]
         w_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
         scale = np.clip(np.maximum(maxima[tensor], 1e-5) ** alpha / w_max ** (1 - alpha), 1e-3, 1e3)
-        scale = scale.astype(np.float32)
+        inverse = (1 / scale).astype(np.float32)
+        down_projection = weights[0].shape[0] > weights[0].shape[1]  # FFN: intermediate -> hidden
+        split = np.sort(np.argsort(maxima[tensor])[-outliers:]) if down_projection and outliers else None
+        if split is not None:
+            inverse[split] = 0.0  # the int8 path sees these channels as zeros
         for node, weight in zip(matmuls, weights, strict=True):
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight * scale[:, None], node.input[1]))
+            scaled = (weight * scale[:, None]).astype(np.float32)
+            if split is not None:
+                scaled[split] = 0.0
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled, node.input[1]))
             node.input[0] = f"{tensor}_smoothed"
-        model.graph.initializer.append(numpy_helper.from_array(1 / scale, f"{tensor}_smooth_inverse"))
+        model.graph.initializer.append(numpy_helper.from_array(inverse, f"{tensor}_smooth_inverse"))
         divide = helper.make_node("Mul", [tensor, f"{tensor}_smooth_inverse"], [f"{tensor}_smoothed"])
         nodes.insert(min(nodes.index(node) for node in matmuls), divide)
+        if split is not None:
+            keep_float += _split_off(model, nodes, tensor, list(zip(matmuls, weights, strict=True)), split)
     model.graph.ClearField("node")
     model.graph.node.extend(nodes)
-    narrowing = [n for ns in groups.values() for n in ns if inits[n.input[1]].dims[0] > inits[n.input[1]].dims[1]]
-    first = min(narrowing, key=nodes.index, default=None)  # the first FFN down-projection
-    return [first.name] if first is not None else []
+    return keep_float
+
+
+def _split_off(model: Any, nodes: list, tensor: str, matmuls: list[tuple[Any, np.ndarray]], channels: np.ndarray):
+    """Add ``tensor[..., channels]`` times the original weight rows, in float32, to each MatMul's output;
+    the names of those float MatMuls."""
+    from onnx import helper, numpy_helper
+
+    picked = f"{tensor}_outliers"
+    model.graph.initializer.append(numpy_helper.from_array(channels.astype(np.int64), f"{picked}_index"))
+    gather = helper.make_node("Gather", [tensor, f"{picked}_index"], [picked], axis=-1)
+    nodes.insert(min(nodes.index(node) for node, _ in matmuls), gather)
+    names = []
+    for node, weight in matmuls:
+        output, rows = node.output[0], f"{node.input[1]}_outlier_rows"
+        node.output[0] = f"{output}_int8_part"
+        model.graph.initializer.append(numpy_helper.from_array(weight[channels].astype(np.float32), rows))
+        float_part = helper.make_node("MatMul", [picked, rows], [f"{output}_float_part"], name=f"{node.name}_outliers")
+        total = helper.make_node("Add", [f"{output}_int8_part", f"{output}_float_part"], [output])
+        at = nodes.index(node) + 1
+        nodes[at:at] = [float_part, total]
+        names.append(float_part.name)
+    return names
 
 
 def quantize_int8(plain: Path, output: Path, batches: list[dict]) -> None:
