@@ -1,11 +1,13 @@
 """``make bench`` / ``python -m bench``: every figure below comes from one run, side by side.
 
-1. Raw engine limit (no HTTP) at batch 1, 8, 32 for the chosen backend, and the other
-   backends (torch int8, ONNX fp32 / int8) against torch fp32: speed (median and range of
-   5 round-robin repeats) and agreement. A long-tail workload, length-sorted vs input order.
+1. The backends (torch fp32 / int8, ONNX fp32 / int8) against torch fp32: speed (median and
+   range of 5 round-robin repeats) and agreement. A long-tail workload, length-sorted vs
+   input order.
 2. The real service under Gunicorn with the production config (gthread workers with
    cross-request micro-batching), driven by a separate load-generator process:
-   /batch-predict (32 pairs, 2 clients) and /predict (1, 4, 16 clients).
+   /batch-predict (32 pairs, 2 clients) and /predict (1, 4, 16 clients), in 3 rounds. Each
+   round starts with the raw engine limit (no HTTP; batch 1, 8, 32 for the chosen backend),
+   so every service / raw ratio compares figures of the same minutes.
 3. The same with the guide's naive settings: 4 sync workers, torch's default threads
    in each, no length sorting, no micro-batching.
 4. Memory: summed PSS of the 4-worker server vs one ``python app.py`` process, each
@@ -17,6 +19,7 @@ Writes bench-results/latest.json and docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.loadgen import percentile
@@ -86,28 +90,53 @@ def _agreement(reference: list, other: list) -> dict[str, float]:
     return {"label_agreement": round(same / len(reference), 4), "max_probability_difference": round(worst, 5)}
 
 
-def measure_engine(model: str, backend: str, quantize: str, pairs: list[Pair], seconds: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
     import torch
 
-    engine = _load_engine(model, backend, quantize)
-    raw: dict[str, Any] = {}
-    for batch_size in (1, 8, 32):
-        rate, latencies = _pairs_per_second(engine, pairs[:128], batch_size, seconds)
-        raw[f"batch_{batch_size}"] = round(rate, 2)
-        if batch_size == 1:
-            raw["batch_1_p50_ms"], raw["batch_1_p99_ms"] = _p50_p99_ms(latencies)
-    # Batch-1 latency of the engine as a tuned worker runs it: with its share of the cores.
-    raw["worker_threads"] = max(1, CORES // TUNED_WORKERS)
-    torch.set_num_threads(raw["worker_threads"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        worker = _load_engine(model, backend, quantize, threads=raw["worker_threads"])
-        latencies = _pairs_per_second(worker, pairs[:128], 1, seconds)[1]
-        raw["worker_batch_1_p50_ms"], raw["worker_batch_1_p99_ms"] = _p50_p99_ms(latencies)
-        del worker
+        yield
     finally:
-        torch.set_num_threads(CORES)
-    print(f"raw engine ({backend}/{quantize}): {raw}", flush=True)
+        torch.set_num_threads(before)
 
+
+class RawEngine:
+    """The configured engine without HTTP: pairs/s at batch 1, 8, 32 with every core, and batch-1
+    latency with every core and with a tuned worker's share. Measured once per round of the tuned
+    service, before its workloads, so that service / raw ratios compare figures of the same minutes."""
+
+    def __init__(self, model: str, backend: str, quantize: str, pairs: list[Pair], seconds: float) -> None:
+        self.engine = _load_engine(model, backend, quantize)
+        self.worker_threads = max(1, CORES // TUNED_WORKERS)
+        with _torch_threads(self.worker_threads):
+            self.worker = _load_engine(model, backend, quantize, threads=self.worker_threads)
+        self.pairs, self.seconds = pairs[:128], seconds
+        self.rates: dict[int, list[float]] = {1: [], 8: [], 32: []}
+        self.latencies: dict[str, list[float]] = {"all_cores": [], "worker": []}
+
+    def measure(self) -> None:
+        for batch_size, rates in self.rates.items():
+            rate, latencies = _pairs_per_second(self.engine, self.pairs, batch_size, self.seconds)
+            rates.append(rate)
+            if batch_size == 1:
+                self.latencies["all_cores"] += latencies
+        with _torch_threads(self.worker_threads):
+            self.latencies["worker"] += _pairs_per_second(self.worker, self.pairs, 1, self.seconds)[1]
+        print(f"raw engine: {self.summary()}", flush=True)
+
+    def summary(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {f"batch_{n}": round(statistics.median(rates), 2) for n, rates in self.rates.items()}
+        raw["batch_1_p50_ms"], raw["batch_1_p99_ms"] = _p50_p99_ms(self.latencies["all_cores"])
+        raw["worker_threads"] = self.worker_threads
+        raw["worker_batch_1_p50_ms"], raw["worker_batch_1_p99_ms"] = _p50_p99_ms(self.latencies["worker"])
+        raw["rounds"] = len(self.rates[1])
+        return raw
+
+
+def measure_engine(model: str, engine: Any, pairs: list[Pair], seconds: float) -> dict[str, Any]:
+    """Every backend against torch fp32 (speed and agreement), and the long tail on ``engine``."""
     reference = _load_engine(model)
     expected = reference.predict(pairs[:256])
     engines = {name: _load_engine(model, *name.split("/")) for name in VARIANTS}
@@ -136,7 +165,7 @@ def measure_engine(model: str, backend: str, quantize: str, pairs: list[Pair], s
             tail_rates[f"{'sorted' if sort else 'unsorted'}_b{batch_size}"] = round(rate, 2)
     engine.sort_by_length = True
     print(f"  long tail: {tail_rates}", flush=True)
-    return {"raw": raw, "backends": variants, "long_tail": tail_rates}
+    return {"backends": variants, "long_tail": tail_rates}
 
 
 # -- 2, 3. the service under load --------------------------------------------------------
@@ -181,8 +210,15 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure_service(name: str, settings: dict[str, str], workers: int, pairs: list[Pair], seconds: float) -> dict:
-    """Each workload in ``SERVICE_ROUNDS`` round-robin runs of ``seconds / 2``."""
+def measure_service(
+    name: str,
+    settings: dict[str, str],
+    workers: int,
+    pairs: list[Pair],
+    seconds: float,
+    each_round: Callable[[], None] | None = None,
+) -> dict:
+    """Each workload in ``SERVICE_ROUNDS`` round-robin runs of ``seconds / 2``; ``each_round`` before each round."""
     service = Service(settings)
     try:
         service.wait_ready(workers)
@@ -190,6 +226,8 @@ def measure_service(name: str, settings: dict[str, str], workers: int, pairs: li
         _drive(service, "/predict", singles, 4, 2)  # warm-up
         runs: dict[str, list[dict]] = {workload: [] for workload in SERVICE_WORKLOADS}
         for _ in range(SERVICE_ROUNDS):  # a slow spell of the shared machine hits every workload alike
+            if each_round is not None:
+                each_round()
             for workload, (path, concurrency) in SERVICE_WORKLOADS.items():
                 bodies = batches if path == "/batch-predict" else singles
                 runs[workload].append(_drive(service, path, bodies, concurrency, seconds / 2))
@@ -271,8 +309,9 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
 def render(result: dict[str, Any]) -> str:
     engine = result["engine"]
     lines = [f"model: {result['model']}  backend: {result['backend']}/{result['quantize']}  cores: {CORES}", ""]
-    lines += ["| raw engine | batch 1 | batch 8 | batch 32 | batch-1 p50 / p99 ms |", "|---|---|---|---|---|"]
     raw = engine["raw"]
+    lines += [f"| raw engine ({raw.get('rounds', 1)} rounds) | batch 1 | batch 8 | batch 32 | batch-1 p50 / p99 ms |"]
+    lines += ["|---|---|---|---|---|"]
     lines += [
         f"| pairs/s, {CORES} threads | {raw['batch_1']} | {raw['batch_8']} | {raw['batch_32']} | "
         f"{raw['batch_1_p50_ms']} / {raw['batch_1_p99_ms']} |",
@@ -324,7 +363,8 @@ def main() -> None:
     pairs = snli_pairs(512)
     started = time.monotonic()
     result: dict[str, Any] = {"model": model, "backend": args.backend, "quantize": args.quantize}
-    result["engine"] = measure_engine(model, args.backend, args.quantize, pairs, args.seconds)
+    raw = RawEngine(model, args.backend, args.quantize, pairs, args.seconds / 2)
+    result["engine"] = measure_engine(model, raw.engine, pairs, args.seconds)
     common = {
         "NLI_MODEL": model,
         "NLI_BACKEND": args.backend,
@@ -335,7 +375,9 @@ def main() -> None:
     tuned = tuned_settings(common)
     naive = {**common, "NLI_WORKERS": "4", "NLI_TORCH_THREADS": str(CORES), "NLI_SORT_BY_LENGTH": "false"}
     result["tuned_settings"], result["naive_settings"] = tuned, naive
-    result["tuned"] = measure_service("tuned", tuned, int(tuned["NLI_WORKERS"]), pairs, args.seconds)
+    result["tuned"] = measure_service("tuned", tuned, TUNED_WORKERS, pairs, args.seconds, each_round=raw.measure)
+    result["engine"]["raw"] = raw.summary()
+    del raw
     result["naive"] = measure_service("naive", naive, 4, pairs, args.seconds)
     result["single_pss_mib"] = single_process_pss(common, pairs)
     result["seconds"] = round(time.monotonic() - started, 1)

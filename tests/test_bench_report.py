@@ -91,3 +91,27 @@ def test_runs_of_a_workload_give_the_median_rate_and_percentiles_of_all_latencie
     assert summary["pairs_per_second"] == 20.0 and summary["range"] == [10.0, 30.0]
     assert summary["requests"] == 150 and summary["errors"] == 1
     assert summary["p50_ms"] == 15.0 and summary["p99_ms"] == 20.0  # one slow request in 150 is under p99
+
+
+def test_raw_engine_figures_are_medians_over_the_rounds_measured(model_dir, monkeypatch) -> None:
+    import torch
+    from model_factory import SAMPLE_PAIRS
+
+    from bench import __main__ as bench
+    from nli_service.inference.types import Pair
+
+    threads = torch.get_num_threads()
+    raw = bench.RawEngine(str(model_dir), "torch", "none", [Pair(*p) for p in SAMPLE_PAIRS], seconds=0.02)
+    speeds = iter([10.0, 20.0, 30.0, 0.0, 40.0, 50.0, 60.0, 0.0])  # batch 1, 8, 32, worker; twice
+    measured = bench._pairs_per_second
+    monkeypatch.setattr(
+        bench, "_pairs_per_second", lambda *args, **kwargs: (next(speeds), measured(*args, **kwargs)[1])
+    )
+    raw.measure()
+    raw.measure()
+    summary = raw.summary()
+    assert summary["rounds"] == 2
+    assert (summary["batch_1"], summary["batch_8"], summary["batch_32"]) == (25.0, 35.0, 45.0)
+    assert summary["batch_1_p50_ms"] <= summary["batch_1_p99_ms"]
+    assert summary["worker_batch_1_p50_ms"] <= summary["worker_batch_1_p99_ms"]
+    assert torch.get_num_threads() == threads, "the worker's thread count is restored after each round"
