@@ -123,7 +123,7 @@ class Settings:
         "NLI_CALIBRATION_DATA",
         "../shared/data/nli/snli/validation.tsv",
         _non_empty,
-        "premise/hypothesis TSV calibrating ONNX int8 (its first 512 pairs); missing: plain dynamic int8",
+        "premise/hypothesis TSV calibrating int8 (its first 512 pairs); missing: plain dynamic int8",
     )
     batch_size: int = _setting("NLI_BATCH_SIZE", "8", _positive_int, "pairs per forward pass")
     max_batch_tokens: int = _setting(

@@ -144,3 +144,42 @@ def test_without_calibration_data_int8_is_plain_dynamic_quantisation(model_dir: 
     )
     plain = NLIEngine.from_pretrained(str(model_dir), backend="onnx", quantize="int8")
     assert missing.backend.path == plain.backend.path
+
+
+def test_torch_int8_smoothing_alone_changes_no_result(model_dir: Path) -> None:
+    """Smoothing, shared Q/K/V scales and float outlier channels: the same function in float32."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from nli_service.inference import torch_int8
+
+    engine = NLIEngine.from_pretrained(str(model_dir))
+    model = engine.backend.model.float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    pairs = [(p.premise, p.hypothesis) for p in _pairs(40, 3)]
+    batches = onnx_export.calibration_batches(tokenizer, pairs, list(tokenizer.model_input_names), 128)
+    calibration = torch_int8.calibrate(model, batches)
+    layers = 2  # model_factory's tiny BERT
+    assert sorted(len(group) for group in calibration["groups"]).count(3) == layers, "Q/K/V share one input"
+    smoothed = torch_int8.quantize(model, calibration, int8=False)
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = {name: torch.from_numpy(values) for name, values in batch.items()}
+            torch.testing.assert_close(smoothed(**inputs).logits, model(**inputs).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_calibrated_torch_int8_is_calibrated_once_and_cached(model_dir: Path, reference, tmp_path: Path) -> None:
+    calibration = _calibration_tsv(tmp_path)
+    first = NLIEngine.from_pretrained(str(model_dir), quantize="int8", calibration_data=str(calibration))
+    cached = first.backend.calibration
+    assert cached is not None and cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    second = NLIEngine.from_pretrained(str(model_dir), quantize="int8", calibration_data=str(calibration))
+    assert second.backend.calibration == cached and cached.stat().st_mtime_ns == stamp
+    assert second.describe()["quantization"].startswith("smoothed dynamic int8, calibrated on calibration.tsv")
+    plain = NLIEngine.from_pretrained(str(model_dir), quantize="int8", calibration_data=str(tmp_path / "absent.tsv"))
+    assert plain.backend.calibration is None
+    assert plain.describe()["quantization"] == "dynamic int8, per-tensor weight scales"
+    second.start(threads=1)
+    pairs = _pairs(64)
+    assert max_difference(reference.predict(pairs), second.predict(pairs)) <= BACKENDS[("torch", "int8")]

@@ -1,7 +1,9 @@
 """Backends run one padded batch: ``backend(inputs) -> float32 logits``.
 
 - ``torch``: the transformers model; ``int8`` applies dynamic quantisation to its
-  Linear layers.
+  Linear layers, smoothed and with outlier channels in float32 when calibrated on
+  ``calibration_data`` (see ``torch_int8``; the calibration runs once, in a separate
+  process, and is cached on disk like the ONNX export).
 - ``onnx``: ONNX Runtime with full graph optimisation; ``int8`` uses ORT's dynamic
   quantisation after SmoothQuant-style smoothing calibrated on ``calibration_data``
   (see ``onnx_export``). The ONNX file is exported once, in a separate process, and
@@ -47,13 +49,28 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: Any, quantize: str = "none", dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        quantize: str = "none",
+        dtype: torch.dtype | None = None,
+        model_path: str | None = None,
+        calibration_data: str | None = None,
+    ) -> None:
         self.model = model
         self.quantize = quantize
         self.quantization = "dynamic int8, per-tensor weight scales" if quantize == "int8" else "none"
         self.dtype = dtype or model.dtype
         ready = quantize == "none" and model.dtype == self.dtype
         self._runnable = model if ready else None
+        self.calibration: Path | None = None
+        calibration = _calibration_file(quantize, calibration_data)
+        if calibration is not None and model_path is not None:
+            key = f"{_model_key(model_path)}-torch-int8-{INT8_SCHEME}-{_files_fingerprint([calibration])}"
+            self.calibration = onnx_cache_dir() / key / "calibration.pt"
+            command = ["-m", "nli_service.inference.torch_int8", model_path, str(self.calibration)]
+            _build_once(self.calibration, [*command, "--calibration", str(calibration)], "int8 calibration")
+            self.quantization = f"smoothed dynamic int8, calibrated on {calibration.name} ({INT8_SCHEME})"
 
     def start(self, threads: int) -> None:
         if self._runnable is not None:
@@ -61,9 +78,10 @@ class TorchBackend:
         if self.model.dtype != self.dtype:
             self.model.to(self.dtype)
         if self.quantize == "int8":
-            from torch.ao.quantization import quantize_dynamic
+            from nli_service.inference import torch_int8
 
-            self._runnable = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+            calibration = torch.load(self.calibration) if self.calibration is not None else None
+            self._runnable = torch_int8.quantize(self.model, calibration)
         else:
             self._runnable = self.model
 
@@ -85,8 +103,33 @@ def _files_fingerprint(files: list[Path]) -> str:
 
 
 def onnx_cache_dir() -> Path:
+    """Where ONNX exports and int8 calibrations are cached (``NLI_ONNX_CACHE``)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nli-service" / "onnx"
     return Path(os.environ.get("NLI_ONNX_CACHE", default))
+
+
+def _model_key(model_path: str) -> str:
+    return f"{Path(model_path).name}-{_files_fingerprint(list(Path(model_path).iterdir()))}"
+
+
+def _calibration_file(quantize: str, calibration_data: str | None) -> Path | None:
+    """The calibration TSV int8 uses, if int8 is asked for and the file exists."""
+    calibration = Path(calibration_data) if calibration_data else None
+    return calibration if quantize == "int8" and calibration and calibration.is_file() else None
+
+
+def _build_once(path: Path, arguments: list[str], what: str) -> None:
+    """Create ``path`` by running ``python ARGUMENTS`` in a child process, unless it exists;
+    one builder at a time, the others then find the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return
+        log.info(f"building the {what}", extra={"path": str(path)})
+        result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{what} failed: {result.stderr.strip().splitlines()[-1:]}")
 
 
 class OnnxBackend:
@@ -100,33 +143,19 @@ class OnnxBackend:
     ) -> None:
         self.quantize = quantize
         self.input_names = input_names
-        calibration = Path(calibration_data) if calibration_data else None
-        self.calibration = calibration if quantize == "int8" and calibration and calibration.is_file() else None
+        self.calibration = _calibration_file(quantize, calibration_data)
         variant = quantize
         self.quantization = "dynamic int8, per-channel weight scales" if quantize == "int8" else "none"
         if self.calibration is not None:
             variant = f"{quantize}-{INT8_SCHEME}-{_files_fingerprint([self.calibration])}"
             self.quantization = f"smoothed dynamic int8, calibrated on {self.calibration.name} ({INT8_SCHEME})"
-        model_files = _files_fingerprint(list(Path(model_path).iterdir()))
-        key = f"{Path(model_path).name}-{model_files}-opset{ONNX_OPSET}-{variant}"
-        self.path = onnx_cache_dir() / key / "model.onnx"
-        self._ensure_exported(model_path)
+        self.path = onnx_cache_dir() / f"{_model_key(model_path)}-opset{ONNX_OPSET}-{variant}" / "model.onnx"
+        command = ["-m", "nli_service.inference.onnx_export", model_path, str(self.path)]
+        command += ["--quantize", quantize, "--inputs", ",".join(input_names)]
+        if self.calibration is not None:
+            command += ["--calibration", str(self.calibration)]
+        _build_once(self.path, command, "ONNX export")
         self._session: Any = None
-
-    def _ensure_exported(self, model_path: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one exporter at a time; the others then find the file
-            if self.path.is_file():
-                return
-            log.info("exporting the model to ONNX", extra={"path": str(self.path)})
-            command = [sys.executable, "-m", "nli_service.inference.onnx_export", model_path, str(self.path)]
-            command += ["--quantize", self.quantize, "--inputs", ",".join(self.input_names)]
-            if self.calibration is not None:
-                command += ["--calibration", str(self.calibration)]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"ONNX export failed: {result.stderr.strip().splitlines()[-1:]}")
 
     def start(self, threads: int) -> None:
         import onnxruntime as ort

@@ -184,12 +184,14 @@ class NLIEngine:
             raise ModelLoadError(f"NLI_BACKEND={backend} with NLI_QUANTIZE={quantize} runs on the CPU only")
         torch_dtype = resolve_dtype(dtype, torch_device)
         tokenizer, network = load_tokenizer_and_model(source, torch_device, torch_dtype)
-        runner: Backend = TorchBackend(network, quantize, torch_dtype)
-        if backend == "onnx":
-            try:
-                runner = OnnxBackend(source.path, list(tokenizer.model_input_names), quantize, calibration_data)
-            except RuntimeError as error:
-                raise ModelLoadError(str(error)) from None
+        inputs = list(tokenizer.model_input_names)
+        try:
+            if backend == "onnx":
+                runner: Backend = OnnxBackend(source.path, inputs, quantize, calibration_data)
+            else:
+                runner = TorchBackend(network, quantize, torch_dtype, source.path, calibration_data)
+        except RuntimeError as error:
+            raise ModelLoadError(str(error)) from None
         try:
             return cls(
                 tokenizer, network, source=source, backend=runner, load_seconds=time.perf_counter() - started, **options
