@@ -84,7 +84,7 @@ class SmoothedLinear(torch.nn.Module):
         float_linear.weight.data = scaled
         if linear.bias is not None:
             float_linear.bias.data = linear.bias.detach().float()
-        self.linear = float_linear
+        self.linear: torch.nn.Linear | None = None  # float32 path (tests); int8 keeps only the packed weights
         self.packed = None
         if int8:
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -92,10 +92,12 @@ class SmoothedLinear(torch.nn.Module):
             holder = torch.nn.Sequential(float_linear)
             quantized = quantize_dynamic(holder, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
             self.packed = quantized[0]._packed_params._packed_params
+        else:
+            self.linear = float_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         smoothed = self.smoothing(x)
-        if self.packed is None:
+        if self.linear is not None:
             y = self.linear(smoothed)
         else:
             y = torch.ops.quantized.linear_dynamic(smoothed, self.packed, reduce_range=not self.full_range)
