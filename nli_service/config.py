@@ -136,7 +136,7 @@ class Settings:
         "NLI_BATCH_WAIT_MS",
         "5",
         _non_negative_float,
-        "gthread micro-batching: ms to wait for requests still arriving",
+        "gthread micro-batching: ms to wait for requests still arriving or due back",
     )
     max_queued_pairs: int = _setting(
         "NLI_MAX_QUEUED_PAIRS",
@@ -173,7 +173,7 @@ class Settings:
         "NLI_WORKER_CLASS",
         "sync",
         _choice("sync", "gthread"),
-        "Gunicorn worker class; gthread batches concurrent requests together",
+        "Gunicorn worker class; gthread batches concurrent requests and balances connections",
     )
     threads: int = _setting("NLI_THREADS", "1", _positive_int, "threads per worker with NLI_WORKER_CLASS=gthread")
     max_requests: int = _setting(

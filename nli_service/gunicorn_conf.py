@@ -13,7 +13,7 @@ hooks.prepare_metrics_dir()  # before anything imports prometheus_client
 
 bind = f"{settings.host}:{settings.port}"
 workers = settings.workers
-worker_class = settings.worker_class
+worker_class = hooks.worker_class(settings)
 threads = settings.threads
 preload_app = hooks.can_preload(settings)
 timeout = hooks.worker_timeout(settings)

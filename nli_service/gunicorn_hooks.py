@@ -55,6 +55,13 @@ def prepare_metrics_dir() -> str:
     return os.environ[MULTIPROC_ENV]
 
 
+def worker_class(settings: Settings) -> str:
+    """gthread workers take new connections least-connections first (``balanced_worker``)."""
+    if settings.worker_class == "gthread":
+        return "nli_service.balanced_worker.BalancedThreadWorker"
+    return settings.worker_class
+
+
 def can_preload(settings: Settings) -> bool:
     """Preload (share weights copy-on-write) on CPU; CUDA must not start before fork."""
     return not settings.device.startswith("cuda") and not (settings.device == "auto" and _cuda_present())
@@ -123,7 +130,8 @@ def post_worker_init(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master, when a worker dies: drop its live gauges."""
-    from nli_service import metrics
+    """In the master, when a worker dies: drop its live gauges and its connection slot."""
+    from nli_service import balanced_worker, metrics
 
     metrics.mark_worker_dead(worker.pid)
+    balanced_worker.release_slot(worker)

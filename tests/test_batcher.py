@@ -128,3 +128,31 @@ def test_a_full_queue_refuses_new_requests_at_once_and_accepts_them_again_once_d
 def test_an_idle_worker_takes_a_request_larger_than_the_queue_limit(engine: NLIEngine) -> None:
     batcher = MicroBatcher(engine, max_pairs=8, max_wait=0.0, max_queued_pairs=4)
     assert len(batcher.predict(_pairs(10, seed=5))) == 10
+
+
+def test_clients_answered_by_a_pass_are_waited_for_so_passes_stay_full(engine: NLIEngine) -> None:
+    """Closed-loop clients send their next request a few ms after their answer: the next pass
+    waits for them (up to max_wait) instead of leaving with whichever came back first."""
+    _slow(engine, 0.01)
+    passes: list[int] = []  # requests per pass
+    run = engine.run
+    engine.run = lambda encoded, deadline=None: passes.append(len(encoded.lengths)) or run(encoded, deadline)
+    batcher = MicroBatcher(engine, max_pairs=32, max_wait=0.5)
+
+    def client(think_seconds: float) -> None:
+        for seed in range(6):
+            batcher.predict(_pairs(1, seed=seed))
+            time.sleep(think_seconds)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(client, (0.002, 0.005, 0.008, 0.012)))
+    assert sum(passes) == 24
+    assert len(passes) <= 8, f"passes of {passes} requests: returning clients were not waited for"
+
+
+def test_a_lone_client_is_not_held_back_by_the_wait(engine: NLIEngine) -> None:
+    batcher = MicroBatcher(engine, max_pairs=32, max_wait=1.0)
+    for seed in range(4):
+        started = time.monotonic()
+        batcher.predict(_pairs(1, seed=seed))
+        assert time.monotonic() - started < 0.5, "a single client waited for requests that never come"

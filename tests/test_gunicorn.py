@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -253,5 +254,34 @@ def test_gthread_workers_time_out_cooperatively(slow_model_dir: Path, tmp_path: 
         slow = requests.post(f"{service.url}/batch-predict", json={"pairs": long_pairs(64)}, timeout=60)
         assert slow.status_code == 408
         assert requests.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
+    finally:
+        assert service.stop() == 0
+
+
+def _pid_over_new_connection(session: requests.Session, url: str) -> int:
+    return session.get(f"{url}/health", timeout=30).json()["pid"]
+
+
+def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tmp_path: Path) -> None:
+    """Gunicorn leaves the choice to the kernel, which can put every connection on one worker;
+    here each new connection goes to the worker with the fewest open ones."""
+    env = service_env(
+        NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
+    )
+    service = start(GUNICORN, env)
+    try:
+        service.wait_ready()
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:  # both workers up (closed connections)
+            with requests.Session() as probe:
+                seen.add(_pid_over_new_connection(probe, service.url))
+        assert len(seen) == 2, "the second worker never answered"
+        sessions = [requests.Session() for _ in range(6)]
+        pids = [_pid_over_new_connection(session, service.url) for session in sessions]  # each stays open
+        assert sorted(Counter(pids).values()) == [3, 3], f"connections per worker: {Counter(pids)}"
+        assert [_pid_over_new_connection(s, service.url) for s in sessions] == pids  # kept alive
+        for session in sessions:
+            session.close()
     finally:
         assert service.stop() == 0

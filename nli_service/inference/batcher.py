@@ -2,9 +2,12 @@
 
 Used with threaded workers (``NLI_WORKER_CLASS=gthread``). Request threads
 tokenise their own pairs and queue them; one batcher thread takes everything
-queued (waiting up to ``max_wait`` for requests that are still being tokenised,
-until ``max_pairs`` pairs are gathered), runs it through the engine's
-length-sorted chunks, and hands each request its rows. A request whose deadline
+queued, runs it through the engine's length-sorted chunks, and hands each request
+its rows. Until ``max_pairs`` pairs are gathered it waits up to ``max_wait`` for
+requests still being tokenised, and for as many requests as the last pass answered
+plus those that queued during it: clients whose answers just left usually send their
+next request within a millisecond or two, and without the wait passes settle into
+alternating halves (at 16 clients, 3.8 requests per pass instead of 6-7). A request whose deadline
 passes while queued is answered with :class:`RequestTimedOut` and never computed; a
 request that would push the queue past ``max_queued_pairs`` is refused at once with
 :class:`QueueFull` (the server says 429) instead of waiting towards a certain timeout.
@@ -72,6 +75,7 @@ class MicroBatcher:
         self._queue: deque[_Job] = deque()
         self._queued_pairs = 0  # in the queue, plus being tokenised for it
         self._arriving = 0  # requests tokenising now, about to queue
+        self._recent_requests = 0  # answered by the last pass, plus queued during it
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._serve_forever, name="nli-batcher", daemon=True)
         self._thread.start()
@@ -123,6 +127,7 @@ class MicroBatcher:
 
     def _gather(self) -> list[_Job]:
         with self._condition:
+            expected = self._recent_requests + len(self._queue)
             while not self._queue:
                 self._condition.wait()
             jobs: list[_Job] = []
@@ -133,9 +138,10 @@ class MicroBatcher:
                     self._queued_pairs -= jobs[-1].size
                     continue
                 remaining = wait_until - time.monotonic()
-                if self._arriving == 0 or remaining <= 0:
+                if remaining <= 0 or (self._arriving == 0 and len(jobs) >= expected):
                     break
                 self._condition.wait(remaining)
+            self._recent_requests = len(jobs)
         live = []
         for job in jobs:
             if job.expired():
