@@ -87,9 +87,11 @@ class BalancedThreadWorker(ThreadWorker):
 
     def accept(self, listener: Any) -> None:
         deadline = time.monotonic() + MAX_DEFER
+        pending = select.poll()
+        pending.register(listener, select.POLLIN)
         while self._busier_than_a_peer() and time.monotonic() < deadline:
             time.sleep(_POLL)
-            if not select.select([listener], [], [], 0)[0]:
+            if not pending.poll(0):
                 return  # a less busy worker took it
         super().accept(listener)
 
