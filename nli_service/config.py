@@ -175,6 +175,13 @@ class Settings:
         _choice("sync", "gthread"),
         "Gunicorn worker class; gthread batches concurrent requests and balances connections",
     )
+    idle_cores_max_pairs: int = _setting(
+        "NLI_IDLE_CORES_MAX_PAIRS",
+        "2",
+        _non_negative_int,
+        "gthread, torch on CPU: a pass of at most this many pairs uses every core while no other worker computes"
+        " (0: never)",
+    )
     threads: int = _setting("NLI_THREADS", "1", _positive_int, "threads per worker with NLI_WORKER_CLASS=gthread")
     max_requests: int = _setting(
         "NLI_MAX_REQUESTS",
@@ -211,8 +218,12 @@ class Settings:
         """Intra-op threads per process, so that workers x threads <= cores."""
         if self.torch_threads is not None:
             return self.torch_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // workers)
+        return max(1, available_cores() // workers)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as containers and taskset set it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

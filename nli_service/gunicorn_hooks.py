@@ -126,7 +126,8 @@ def post_worker_init(worker: Any) -> None:
     wait out graceful_timeout."""
     from nli_service import runner
 
-    runner.prepare_worker(Settings.from_env().torch_threads_for(worker.cfg.workers))
+    threads = Settings.from_env().torch_threads_for(worker.cfg.workers)
+    runner.prepare_worker(threads, slot=getattr(worker, "slot", None))  # slot: gthread's BalancedThreadWorker
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from flask import Flask, current_app, g
 
 from nli_service import metrics
-from nli_service.config import Settings
+from nli_service.config import Settings, available_cores
 from nli_service.deadline import Deadline, enforce
 from nli_service.errors import ApiError
 from nli_service.inference.types import Pair, Prediction, QueueFull, ZeroShotResult, zero_shot_pairs
@@ -26,6 +26,7 @@ from nli_service.inference.types import Pair, Prediction, QueueFull, ZeroShotRes
 if TYPE_CHECKING:
     from nli_service.inference.batcher import MicroBatcher
     from nli_service.inference.engine import NLIEngine
+    from nli_service.inference.shared_cores import SharedCores
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,6 +35,7 @@ EXTENSION_KEY = "nli_engine"
 _process_engine: NLIEngine | None = None
 _process_engine_key: tuple[object, ...] | None = None
 _worker_threads: int | None = None  # set once this process serves requests
+_worker_slot: int | None = None  # this Gunicorn worker's row in worker_table.TABLE
 # Keyed by pid (threads do not survive a fork), engine and the batcher's own settings.
 _batchers: dict[tuple[object, ...], MicroBatcher] = {}
 _batchers_lock = threading.Lock()
@@ -73,12 +75,12 @@ def load_engine(settings: Settings) -> NLIEngine:
     return _process_engine
 
 
-def prepare_worker(torch_threads: int) -> None:
+def prepare_worker(torch_threads: int, slot: int | None = None) -> None:
     """In a freshly forked worker (or the dev server): size torch's threads, then warm up."""
     from nli_service.inference.engine import set_torch_threads
 
-    global _worker_threads
-    _worker_threads = torch_threads
+    global _worker_threads, _worker_slot
+    _worker_threads, _worker_slot = torch_threads, slot
     set_torch_threads(torch_threads)
     if _process_engine is not None:
         _process_engine.start(torch_threads)
@@ -98,16 +100,41 @@ def get_engine() -> NLIEngine | MicroBatcher:
     settings: Settings = current_app.config["NLI_SETTINGS"]
     if settings.worker_class != "gthread":
         return engine
-    key = (os.getpid(), id(engine), settings.batch_size, settings.batch_wait_ms, settings.max_queued_pairs)
+    key = (
+        os.getpid(),
+        id(engine),
+        settings.batch_size,
+        settings.batch_wait_ms,
+        settings.max_queued_pairs,
+        settings.idle_cores_max_pairs,
+    )
     with _batchers_lock:
         if key not in _batchers:
             from nli_service.inference.batcher import MicroBatcher
 
             wait = settings.batch_wait_ms / 1000
             _batchers[key] = MicroBatcher(
-                engine, max_pairs=settings.batch_size, max_wait=wait, max_queued_pairs=settings.max_queued_pairs
+                engine,
+                max_pairs=settings.batch_size,
+                max_wait=wait,
+                max_queued_pairs=settings.max_queued_pairs,
+                cores=_shared_cores(engine, settings),
             )
         return _batchers[key]
+
+
+def _shared_cores(engine: NLIEngine, settings: Settings) -> SharedCores | None:
+    """Lend idle workers' cores to a lone small pass, where torch can change its threads per pass."""
+    from nli_service.inference.shared_cores import SharedCores
+    from nli_service.worker_table import TABLE
+
+    own, every = _worker_threads, available_cores()
+    lendable = engine.backend.name == "torch" and engine.device == "cpu" and own is not None and every > own
+    if _worker_slot is None or not settings.idle_cores_max_pairs or not lendable:
+        return None
+    return SharedCores(
+        TABLE, _worker_slot, own, every, settings.idle_cores_max_pairs, on_borrow=metrics.BORROWED_CORES.inc
+    )
 
 
 def _within_deadline(pairs: Sequence[Pair], work: Callable[[NLIEngine | MicroBatcher, Deadline], T]) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import socket
@@ -16,7 +17,7 @@ import pytest
 import requests
 import torch
 from model_factory import SAMPLE_PAIRS, WORDS, build_model
-from serving import DEV_SERVER, GUNICORN, metric_sum, run_to_exit, scrape, service_env, start
+from serving import DEV_SERVER, GUNICORN, metric_sum, run_to_exit, running, scrape, service_env, start
 
 pytestmark = pytest.mark.gunicorn
 
@@ -285,3 +286,14 @@ def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tm
             session.close()
     finally:
         assert service.stop() == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="lending cores needs two")
+def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path: Path) -> None:
+    env = service_env(
+        NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
+    )
+    with running(GUNICORN, env) as service:
+        for _ in range(3):
+            assert requests.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
+        assert metric_sum(scrape(service.metrics_url), "nli_borrowed_cores_passes_total") == 3

@@ -15,6 +15,7 @@ request that would push the queue past ``max_queued_pairs`` is refused at once w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ import torch
 
 from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.engine import Encoded, NLIEngine
+from nli_service.inference.shared_cores import SharedCores
 from nli_service.inference.types import Pair, Prediction, QueueFull
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,16 @@ class _AllExpired:
 class MicroBatcher:
     """Wraps an engine with the same ``logits``/``predict`` calls, batched across threads."""
 
-    def __init__(self, engine: NLIEngine, max_pairs: int, max_wait: float, max_queued_pairs: int = 0) -> None:
+    def __init__(
+        self,
+        engine: NLIEngine,
+        max_pairs: int,
+        max_wait: float,
+        max_queued_pairs: int = 0,
+        cores: SharedCores | None = None,
+    ) -> None:
         self.engine = engine
+        self.cores = cores  # lends idle workers' cores to a lone small pass
         self.max_pairs = max_pairs
         self.max_wait = max_wait
         self.max_queued_pairs = max_queued_pairs  # 0: no limit
@@ -151,8 +161,10 @@ class MicroBatcher:
         return live
 
     def _run(self, jobs: list[_Job]) -> None:
+        pairs = sum(job.size for job in jobs)
         try:
-            logits = self.engine.run(Encoded.concatenate([job.encoded for job in jobs]), _AllExpired(jobs))
+            with self.cores.computing(pairs) if self.cores is not None else contextlib.nullcontext():
+                logits = self.engine.run(Encoded.concatenate([job.encoded for job in jobs]), _AllExpired(jobs))
         except RequestTimedOut as error:
             for job in jobs:
                 job.finish(error=error)

@@ -1,0 +1,77 @@
+"""What each Gunicorn worker is doing, in shared memory: its open connections, its threads computing.
+
+Made at import in the master, before any worker forks (anonymous shared memory is inherited).
+Slots are handed out and taken back by the master only; each worker writes its own slot and
+reads the others'. An aligned 4-byte store is atomic, so there is no lock: two workers
+deciding at the same instant can both act on a stale view, which costs one pass some speed,
+never correctness.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+NOT_ACCEPTING = -1
+_WRAP = 2**31  # the millisecond clock wraps to fit a 4-byte slot
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000) % _WRAP
+
+
+class WorkerTable:
+    def __init__(self, slots: int = 256) -> None:
+        self._memory = mmap.mmap(-1, slots * 12)
+        view = memoryview(self._memory).cast("i")
+        self._connections, self._computing = view[:slots], view[slots : 2 * slots]
+        self._idle_since = view[2 * slots :]  # milliseconds of the monotonic clock, shared by processes
+        self._taken: set[int] = set()
+        for slot in range(slots):
+            self._connections[slot] = NOT_ACCEPTING
+
+    def claim(self) -> int | None:
+        """A free slot, or None when every slot is taken (that worker then shares nothing)."""
+        free = next((slot for slot in range(len(self._connections)) if slot not in self._taken), None)
+        if free is not None:
+            self._taken.add(free)
+        return free
+
+    def release(self, slot: int | None) -> None:
+        """A worker has exited: forget its connections and its computing."""
+        if slot is not None:
+            self._taken.discard(slot)
+            self._connections[slot] = NOT_ACCEPTING
+            self._computing[slot] = 0
+
+    def publish_connections(self, slot: int | None, connections: int) -> None:
+        """``connections`` open in this worker; ``NOT_ACCEPTING`` while it accepts none."""
+        if slot is not None:
+            self._connections[slot] = connections
+
+    def fewest_connections_elsewhere(self, slot: int | None) -> int | None:
+        """The fewest connections of any other worker that accepts, or None."""
+        others = [count for index, count in enumerate(self._connections) if index != slot and count >= 0]
+        return min(others, default=None)
+
+    def publish_computing(self, slot: int, threads: int) -> None:
+        """Threads this worker computes with now; 0 when idle."""
+        if threads == 0:
+            self._idle_since[slot] = _now_ms()
+        self._computing[slot] = threads
+
+    def most_threads_elsewhere(self, slot: int) -> int:
+        """The most threads any other worker computes with now (0: none computes)."""
+        return max((threads for index, threads in enumerate(self._computing) if index != slot), default=0)
+
+    def quiet_elsewhere(self, slot: int, milliseconds: int) -> bool:
+        """No other worker computes, nor has in the last ``milliseconds``."""
+        now = _now_ms()
+        return all(
+            self._computing[index] == 0 and (now - self._idle_since[index]) % _WRAP >= milliseconds
+            for index in range(len(self._computing))
+            if index != slot
+        )
+
+
+TABLE = WorkerTable()
