@@ -65,10 +65,12 @@ class WorkerTable:
         return max((threads for index, threads in enumerate(self._computing) if index != slot), default=0)
 
     def quiet_elsewhere(self, slot: int, milliseconds: int) -> bool:
-        """No other worker computes, nor has in the last ``milliseconds``."""
+        """No other worker computes, and each has no open connection or has not computed for
+        ``milliseconds`` (one with clients may be between two passes)."""
         now = _now_ms()
         return all(
-            self._computing[index] == 0 and (now - self._idle_since[index]) % _WRAP >= milliseconds
+            self._computing[index] == 0
+            and (self._connections[index] <= 0 or (now - self._idle_since[index]) % _WRAP >= milliseconds)
             for index in range(len(self._computing))
             if index != slot
         )

@@ -293,7 +293,7 @@ def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path:
     env = service_env(
         NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
     )
-    with running(GUNICORN, env) as service:
+    with running(GUNICORN, env) as service, requests.Session() as client:
         for _ in range(3):
-            assert requests.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
+            assert client.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
         assert metric_sum(scrape(service.metrics_url), "nli_borrowed_cores_passes_total") == 3

@@ -88,10 +88,20 @@ def test_the_batcher_runs_a_lone_request_on_every_core(model_dir: Path) -> None:
 
 def test_a_peer_between_passes_under_load_is_not_lent_from() -> None:
     table, cores, peer = _two_workers()
+    table.publish_connections(peer, 3)
     table.publish_computing(peer, 1)
-    table.publish_computing(peer, 0)  # its pass just ended: more requests are likely on their way
+    table.publish_computing(peer, 0)  # its pass just ended, its clients will be back
     with cores.computing(pairs=1) as threads:
         assert threads == 1
     time.sleep(QUIET_MS / 1000 + 0.01)
+    with cores.computing(pairs=1) as threads:
+        assert threads == 2
+
+
+def test_a_peer_without_connections_lends_even_right_after_a_pass() -> None:
+    table, cores, peer = _two_workers()
+    table.publish_connections(peer, 0)
+    table.publish_computing(peer, 1)
+    table.publish_computing(peer, 0)  # answered its last client, who has gone
     with cores.computing(pairs=1) as threads:
         assert threads == 2

@@ -2,11 +2,12 @@
 
 Each tuned worker computes with its share of the cores (workers x threads <= cores), so
 that together they give the most pairs per second under load. A lone request would then
-run on one core while the others idle. Here a pass of at most ``max_pairs`` pairs, started
-while no other worker computes or has for ``QUIET_MS``, uses every core; a worker about to compute while another
-has borrowed the cores waits for that pass (short, by construction) rather than run beside
-it, since an OpenMP pass whose threads outnumber the free cores stalls at every barrier.
-The waiting is bounded, so a stuck worker cannot stall the others.
+run on one core while the others idle. Here a pass of at most ``max_pairs`` pairs uses every
+core while no other worker computes (nor has for ``QUIET_MS``, if it holds connections); a
+worker about to compute while another has borrowed the cores waits for that pass (short, by
+construction) rather than run beside it, since an OpenMP pass whose threads outnumber the
+free cores stalls at every barrier. The waiting is bounded, so a stuck worker cannot stall
+the others.
 
 Only for backends whose threads can change between passes (torch on CPU).
 """
@@ -22,8 +23,8 @@ import torch
 from nli_service.worker_table import WorkerTable
 
 _POLL = 0.0005
-# Under load a worker is idle only for the few ms between its passes; a peer that has not
-# computed for this long is idle for want of requests, and its core is free to lend.
+# Under load a worker is idle only for the few ms between its passes; a peer with open
+# connections that has not computed for this long is idle for want of requests.
 QUIET_MS = 20
 
 
