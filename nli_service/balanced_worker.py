@@ -59,8 +59,3 @@ class BalancedThreadWorker(ThreadWorker):
     def _busier_than_a_peer(self) -> bool:
         fewest = TABLE.fewest_connections_elsewhere(self.slot)
         return fewest is not None and self._connections > fewest
-
-
-def release_slot(worker: Any) -> None:
-    """In the master, when a worker has exited: free its slot for the next one."""
-    TABLE.release(getattr(worker, "slot", None))

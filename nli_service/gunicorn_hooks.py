@@ -131,8 +131,9 @@ def post_worker_init(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master, when a worker dies: drop its live gauges and its connection slot."""
-    from nli_service import balanced_worker, metrics
+    """In the master, when a worker dies: drop its live gauges and free its row in the worker table."""
+    from nli_service import metrics
+    from nli_service.worker_table import TABLE
 
     metrics.mark_worker_dead(worker.pid)
-    balanced_worker.release_slot(worker)
+    TABLE.release(getattr(worker, "slot", None))  # only gthread's BalancedThreadWorker has one
