@@ -2,7 +2,8 @@
 
 ``concurrency`` threads each send the request bodies in turn (keep-alive where the
 server allows it) until ``duration`` seconds or ``max_requests`` have passed, then one
-JSON line of results is printed: requests, errors, pairs/s, latency percentiles.
+JSON line of results is printed: requests, errors, pairs/s, latency percentiles, and
+each request's latency with the index of its body.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def run(url: str, path: str, bodies: list[dict], concurrency: int, duration: flo
     encoded = [json.dumps(body).encode() for body in bodies]
     pairs_per_body = [len(body.get("pairs", [None])) for body in bodies]
     latencies: list[float] = []
+    body_indices: list[int] = []  # which body each latency is for
     errors = 0
     pairs_done = 0
     sent = 0
@@ -77,6 +79,7 @@ def run(url: str, path: str, bodies: list[dict], concurrency: int, duration: flo
             with lock:
                 if status == 200:
                     latencies.append(elapsed)
+                    body_indices.append(index % len(encoded))
                     pairs_done += pairs_per_body[index % len(encoded)]
                 else:
                     errors += 1
@@ -99,6 +102,7 @@ def run(url: str, path: str, bodies: list[dict], concurrency: int, duration: flo
         "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else float("nan"),
         "latencies_ms": [round(latency * 1000, 2) for latency in latencies],
+        "body_indices": body_indices,
     }
 
 
