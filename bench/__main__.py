@@ -153,9 +153,9 @@ class RawEngine:
 
 class BackendRounds:
     """Every backend against torch fp32: label agreement once, then speed at batch 32 in
-    round-robin rounds. ``measure`` runs one round; bench runs one before each service round
-    too, so the rounds spread over the whole run: the shared machine has slow spells of
-    ≈ 30 s that cost int8 kernels ≈ 25 % and fp32 ≈ 8 %, and rounds packed into one minute
+    round-robin rounds. ``measure`` runs one round; bench runs one before each round of the
+    tuned service too, so the rounds spread over minutes: the shared machine has slow spells
+    of ≈ 30 s that cost int8 kernels ≈ 25 % and fp32 ≈ 8 %, and rounds packed into one minute
     could fall mostly into one (docs/performance.md)."""
 
     def __init__(self, model: str, pairs: list[Pair], seconds: float) -> None:
