@@ -37,9 +37,10 @@ from bench.loadgen import percentile
 from bench.models import generated_model
 from bench.server import PROJECT_ROOT, Service, pss_mib
 from bench.workloads import DATA_DIR, as_json, long_tail, snli_pairs
+from nli_service.config import available_cores
 from nli_service.inference.types import NLI_LABELS, Pair
 
-CORES = len(os.sched_getaffinity(0))
+CORES = available_cores()
 TUNED_WORKERS = 2  # gthread workers of the tuned set-up, one core each here
 VARIANTS = ("torch/none", "torch/int8", "onnx/none", "onnx/int8")  # backend/quantize, compared side by side
 REFERENCE = "torch/none"

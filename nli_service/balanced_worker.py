@@ -47,14 +47,20 @@ class BalancedThreadWorker(ThreadWorker):
         TABLE.publish_connections(self.slot, self._connections if enabled else NOT_ACCEPTING)
 
     def accept(self, listener: Any) -> None:
+        if self._busier_than_a_peer() and self._taken_by_a_peer(listener):
+            return
+        super().accept(listener)
+
+    def _taken_by_a_peer(self, listener: Any) -> bool:
+        """Leave the pending connection to less busy workers for up to ``MAX_DEFER``: whether one took it."""
         deadline = time.monotonic() + MAX_DEFER
         pending = select.poll()
         pending.register(listener, select.POLLIN)
         while self._busier_than_a_peer() and time.monotonic() < deadline:
             time.sleep(_POLL)
             if not pending.poll(0):
-                return  # a less busy worker took it
-        super().accept(listener)
+                return True
+        return False
 
     def _busier_than_a_peer(self) -> bool:
         fewest = TABLE.fewest_connections_elsewhere(self.slot)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import socket
@@ -18,6 +17,8 @@ import requests
 import torch
 from model_factory import SAMPLE_PAIRS, WORDS, build_model
 from serving import DEV_SERVER, GUNICORN, metric_sum, run_to_exit, running, scrape, service_env, start
+
+from nli_service.config import available_cores
 
 pytestmark = pytest.mark.gunicorn
 
@@ -288,7 +289,7 @@ def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tm
         assert service.stop() == 0
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="lending cores needs two")
+@pytest.mark.skipif(available_cores() < 2, reason="lending cores needs two")
 def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path: Path) -> None:
     env = service_env(
         NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
