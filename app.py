@@ -5,7 +5,7 @@ main thread where the SIGALRM request timeout works. Also exposes ``app`` for
 ``gunicorn -w 4 -b 0.0.0.0:5000 app:app``.
 """
 
-from nli_service.startup import build_app, run_dev_server
+from nli_service.server.startup import build_app, run_dev_server
 
 app = build_app()
 

@@ -1,3 +1,3 @@
-"""Production entry point: ``gunicorn -c gunicorn.conf.py wsgi:app`` (the packaged ``nli_service.wsgi``)."""
+"""Production entry point: ``gunicorn -c gunicorn.conf.py wsgi:app`` (the packaged ``nli_service.server.wsgi``)."""
 
-from nli_service.wsgi import app  # noqa: F401
+from nli_service.server.wsgi import app  # noqa: F401

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -23,7 +24,8 @@ from nli_service.inference.types import DEFAULT_TEMPLATE
 
 OK, ROWS_FAILED, USAGE, SERVICE_ERROR, LOCAL_ERROR = 0, 1, 2, 3, 4
 # Both inside the package, so ``serve`` works wherever the package is installed.
-GUNICORN_CONFIG, WSGI_APP = "python:nli_service.gunicorn_conf", "nli_service.wsgi:app"
+GUNICORN_CONFIG, WSGI_APP = "python:nli_service.server.gunicorn_conf", "nli_service.server.wsgi:app"
+LOCAL_ENGINE = "nli_service.serving.local"
 
 
 class UsageError(Exception):
@@ -42,8 +44,8 @@ def _zero_shot_options(labels: str, template: str, text: str = "text") -> tuple[
 
     ``text`` defaults to a stand-in: ``batch`` rows' texts are checked by the service.
     """
-    from nli_service.errors import ApiError
-    from nli_service.payloads import MAX_ZERO_SHOT_LABELS, parse_zero_shot
+    from nli_service.api.errors import ApiError
+    from nli_service.api.payloads import MAX_ZERO_SHOT_LABELS, parse_zero_shot
 
     body = {"text": text, "labels": [label.strip() for label in labels.split(",") if label.strip()]}
     try:
@@ -56,28 +58,14 @@ def _zero_shot_options(labels: str, template: str, text: str = "text") -> tuple[
 # -- one pair / one text ----------------------------------------------------------------
 
 
-class LocalEngine:
-    """The engine in this process, configured from the NLI_* environment (no server)."""
-
-    def __init__(self) -> None:
-        from nli_service.config import Settings
-        from nli_service.inference.engine import NLIEngine
-
-        self.engine = NLIEngine.from_settings(Settings.from_env())
-
-    def predict(self, premise: str, hypothesis: str) -> Any:
-        from nli_service.inference.types import Pair
-
-        return self.engine.predict([Pair(premise, hypothesis)])[0]
-
-    def zero_shot(self, text: str, labels: list[str], template: str, multi_label: bool) -> Any:
-        from nli_service.inference.zero_shot import classify
-
-        return classify(self.engine, [text], labels, template, multi_label)[0]
+def _local(command: list[str]) -> int:
+    """Run the engine in a child process (``serving/local.py``): the CLI itself never imports torch."""
+    result = subprocess.run([sys.executable, "-m", LOCAL_ENGINE, *command])
+    return result.returncode
 
 
-def _backend(args: argparse.Namespace) -> NLIClient | LocalEngine:
-    return NLIClient(args.url, timeout=args.timeout, retries=args.retries) if args.url else LocalEngine()
+def _client(args: argparse.Namespace) -> NLIClient:
+    return NLIClient(args.url, timeout=args.timeout, retries=args.retries)
 
 
 def _print(result: Any) -> None:
@@ -85,13 +73,19 @@ def _print(result: Any) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    _print(_backend(args).predict(args.premise, args.hypothesis))
+    if not args.url:
+        return _local(["predict", args.premise, args.hypothesis])
+    _print(_client(args).predict(args.premise, args.hypothesis))
     return OK
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> int:
     labels, template = _zero_shot_options(args.labels, args.template, args.text)
-    _print(_backend(args).zero_shot(args.text, labels, template, args.multi_label))
+    if not args.url:
+        return _local(
+            ["zero-shot", args.text, *labels, "--template", template, *(["--multi-label"] * args.multi_label)]
+        )
+    _print(_client(args).zero_shot(args.text, labels, template, args.multi_label))
     return OK
 
 
@@ -333,14 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     except NLIError as error:
         print(f"nli-service: {error}", file=sys.stderr)
         return SERVICE_ERROR
-    except Exception as error:  # noqa: BLE001 - model/config errors of the local engine
-        from nli_service.config import ConfigError
-        from nli_service.inference.loader import ModelLoadError
-
-        if isinstance(error, ConfigError | ModelLoadError):
-            print(f"nli-service: {error}", file=sys.stderr)
-            return LOCAL_ERROR
-        raise
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ from nli_service import create_app  # noqa: E402
 REORDERED_ID2LABEL = {0: "Neutral", 1: "CONTRADICTION", 2: "entailment"}
 
 
+def engine_of(app):
+    """The engine behind ``app``'s service (behind the batcher, with threaded workers)."""
+    from nli_service.api.service import EXTENSION_KEY
+
+    predictor = app.extensions[EXTENSION_KEY].predictor
+    return getattr(predictor, "engine", predictor)
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REORDERED_ID2LABEL
+from conftest import REORDERED_ID2LABEL, engine_of
 from model_factory import SAMPLE_PAIRS
 
-from nli_service import runner
 from nli_service.inference.types import NLI_LABELS, Pair
 
 PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
@@ -151,7 +150,7 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_the_request_id(clien
     def explode(pairs, deadline=None):
         raise RuntimeError("secret internal detail at /srv/nli_service/engine.py")
 
-    monkeypatch.setattr(client.application.extensions[runner.EXTENSION_KEY], "predict", explode)
+    monkeypatch.setattr(engine_of(client.application), "predict", explode)
     response = client.post("/predict", json=PAIR, headers={"X-Request-ID": "trace-500"})
     body = assert_json_error(response, 500)
     assert "secret" not in body["error"] and body["request_id"] == "trace-500"
@@ -180,7 +179,7 @@ def test_a_request_past_its_deadline_is_408_by_sigalrm_and_the_next_one_works(ma
     import signal
 
     app = make_app(NLI_REQUEST_TIMEOUT=0.3)
-    engine = app.extensions[runner.EXTENSION_KEY]
+    engine = engine_of(app)
     monkeypatch.setattr(engine, "forward", _slow_forward(engine, 5))
     client = app.test_client()
     handler_before = signal.getsignal(signal.SIGALRM)
@@ -196,7 +195,7 @@ def test_a_request_past_its_deadline_is_408_by_sigalrm_and_the_next_one_works(ma
 
 def test_a_deadline_passing_during_tokenisation_is_not_mistaken_for_a_tokenizer_error(make_app, monkeypatch) -> None:
     app = make_app(NLI_REQUEST_TIMEOUT=0.2)
-    engine = app.extensions[runner.EXTENSION_KEY]
+    engine = engine_of(app)
     calls = []
     original = engine._tokenize
 
@@ -215,7 +214,7 @@ def test_off_the_main_thread_the_deadline_is_checked_between_chunks(make_app, mo
     import threading
 
     app = make_app(NLI_REQUEST_TIMEOUT=0.3, NLI_BATCH_SIZE=1)
-    engine = app.extensions[runner.EXTENSION_KEY]
+    engine = engine_of(app)
     monkeypatch.setattr(engine, "forward", _slow_forward(engine, 0.2))
     responses = []
     thread = threading.Thread(
@@ -232,7 +231,7 @@ def test_an_overloaded_threaded_worker_answers_429_with_retry_after(make_app, mo
     import threading
 
     app = make_app(NLI_WORKER_CLASS="gthread", NLI_THREADS=8, NLI_BATCH_SIZE=1, NLI_MAX_QUEUED_PAIRS=2)
-    engine = app.extensions[runner.EXTENSION_KEY]
+    engine = engine_of(app)
     slow = _slow_forward(engine, 0.3)
     computing = threading.Event()
     monkeypatch.setattr(engine, "forward", lambda encoded, chunk: computing.set() or slow(encoded, chunk))
@@ -301,7 +300,7 @@ def test_access_records_are_json_without_input_text(client, tmp_path: Path) -> N
 
 def test_http_layer_never_imports_torch() -> None:
     code = (
-        "import sys; import nli_service.api.predict, nli_service.api.health, nli_service.payloads; "
+        "import sys; import nli_service.api.predict, nli_service.api.health, nli_service.api.payloads; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

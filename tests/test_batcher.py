@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from model_factory import WORDS
 
-from nli_service.deadline import Deadline, RequestTimedOut
-from nli_service.inference.batcher import MicroBatcher
 from nli_service.inference.engine import NLIEngine
 from nli_service.inference.types import NLI_LABELS, Pair
+from nli_service.serving.batcher import MicroBatcher
+from nli_service.serving.deadline import Deadline
+from nli_service.serving.errors import Overloaded, RequestTimedOut
 
 
 def _pairs(count: int, seed: int) -> list[Pair]:
@@ -108,7 +109,6 @@ def test_a_batch_whose_requests_all_gave_up_stops_between_chunks(engine: NLIEngi
 
 
 def test_a_full_queue_refuses_new_requests_at_once_and_accepts_them_again_once_drained(engine: NLIEngine) -> None:
-    from nli_service.inference.types import QueueFull
 
     _slow(engine, 0.3)
     batcher = MicroBatcher(engine, max_pairs=2, max_wait=0.0, max_queued_pairs=4)
@@ -118,7 +118,7 @@ def test_a_full_queue_refuses_new_requests_at_once_and_accepts_them_again_once_d
         queued = [pool.submit(batcher.predict, _pairs(2, seed=i)) for i in (1, 2)]  # 4 pairs wait
         time.sleep(0.1)
         started = time.monotonic()
-        with pytest.raises(QueueFull, match="4 pairs are already queued"):
+        with pytest.raises(Overloaded, match="4 pairs are already queued"):
             batcher.predict(_pairs(1, seed=3))
         assert time.monotonic() - started < 0.05, "refused at once, not after waiting"
         assert all(len(f.result()) == 2 for f in [running, *queued])

@@ -9,10 +9,10 @@ import pytest
 import torch
 from model_factory import SAMPLE_PAIRS, WORDS
 
-from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.engine import FORWARD_OVERHEAD_TOKENS, NLIEngine, plan_chunks
 from nli_service.inference.loader import ModelLoadError
 from nli_service.inference.types import NLI_LABELS, Pair
+from nli_service.serving.deadline import Deadline, DeadlineExceeded
 
 
 def _sentence(rng: random.Random, words: int) -> str:
@@ -96,7 +96,7 @@ def test_forward_passes_are_reported_to_the_observer(model_dir: Path) -> None:
 
 
 def test_an_expired_deadline_stops_before_the_next_chunk(engine: NLIEngine) -> None:
-    with pytest.raises(RequestTimedOut):
+    with pytest.raises(DeadlineExceeded):
         engine.predict([Pair(*SAMPLE_PAIRS[0])], Deadline(0.0))
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import engine_of
 from model_factory import SAMPLE_PAIRS
 from serving import GUNICORN, free_port, metric_sum, running, scrape, service_env, start
 
-from nli_service import gunicorn_hooks, runner
 from nli_service.config import Settings
+from nli_service.server import hooks as gunicorn_hooks
 
 pytestmark = pytest.mark.gunicorn
 
@@ -152,13 +153,13 @@ def test_a_scrape_racing_a_starting_workers_new_metrics_file_still_succeeds(tmp_
     not fail (it used to: struct.error, a 500 from /metrics)."""
     from prometheus_client import generate_latest
 
-    from nli_service import metrics
+    from nli_service.server import metrics_exporter
 
     metrics_dir = seeded_metrics_dir(tmp_path / "prometheus")
     (metrics_dir / "counter_4194000.db").touch()  # just created by a starting worker
     (metrics_dir / "gauge_livesum_4194000.db").touch()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    exposition = generate_latest(metrics.export_registry()).decode()
+    exposition = generate_latest(metrics_exporter.export_registry()).decode()
     assert "nli_pairs_total 7.0" in exposition.splitlines()
     assert "nli_requests_in_flight 3.0" in exposition.splitlines()
 
@@ -205,7 +206,7 @@ def test_a_worker_killed_in_flight_leaves_no_live_gauge_and_its_counts_stay(tiny
 
 
 SLOW_WARM_UP_CONF = """\
-from nli_service.gunicorn_conf import *  # noqa: F403 -- the real settings and hooks
+from nli_service.server.gunicorn_conf import *  # noqa: F403 -- the real settings and hooks
 import time
 from nli_service.inference.engine import NLIEngine
 
@@ -279,7 +280,7 @@ def test_the_alarm_is_disarmed_and_the_previous_handler_restored_after_a_200_and
     make_app, monkeypatch, status: int
 ) -> None:
     app = make_app()
-    engine = app.extensions[runner.EXTENSION_KEY]
+    engine = engine_of(app)
     original = engine.forward
     during: list[tuple[object, float]] = []
 

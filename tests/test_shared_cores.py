@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nli_service.inference.batcher import MicroBatcher
 from nli_service.inference.engine import NLIEngine
-from nli_service.inference.shared_cores import QUIET_MS, SharedCores
 from nli_service.inference.types import Pair
-from nli_service.worker_table import WorkerTable
+from nli_service.server.worker_table import WorkerTable
+from nli_service.serving.batcher import MicroBatcher
+from nli_service.serving.shared_cores import QUIET_MS, SharedCores
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nli_service.worker_table import WorkerTable
+from nli_service.server.worker_table import WorkerTable
 
 
 def test_fewest_elsewhere_ignores_this_worker_and_workers_not_accepting() -> None:

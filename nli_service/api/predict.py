@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 
-from nli_service import payloads, runner
+from nli_service.api import payloads, request_log, service
 
 bp = Blueprint("predict", __name__)
 
@@ -13,17 +13,15 @@ bp = Blueprint("predict", __name__)
 def predict() -> dict:
     """Classify one premise/hypothesis pair."""
     pair = payloads.parse_pair(payloads.read_json_object())
-    [prediction] = runner.predict([pair])
-    return {**payloads.encode_prediction(prediction), "model": runner.get_engine().model_id}
+    nli = service.current_service()
+    [prediction] = nli.predict([pair], request_log.account_for([pair]))
+    return {**payloads.encode_prediction(prediction), "model": nli.model_id}
 
 
 @bp.post("/batch-predict")
 def batch_predict() -> dict:
     """Classify many pairs; results come back in input order."""
-    max_pairs = current_app.config["NLI_SETTINGS"].max_pairs
-    pairs = payloads.parse_pairs(payloads.read_json_object(), max_pairs)
-    predictions = runner.predict(pairs)
-    return {
-        "results": [payloads.encode_prediction(prediction) for prediction in predictions],
-        "model": runner.get_engine().model_id,
-    }
+    pairs = payloads.parse_pairs(payloads.read_json_object(), service.settings().max_pairs)
+    nli = service.current_service()
+    predictions = nli.predict(pairs, request_log.account_for(pairs))
+    return {"results": [payloads.encode_prediction(prediction) for prediction in predictions], "model": nli.model_id}

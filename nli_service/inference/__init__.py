@@ -1,5 +1,5 @@
-"""The inference engine: tokeniser and model, no HTTP.
+"""The inference engine: tokenise, plan chunks, forward, unbatch; backends, quantisation, model loading.
 
-Nothing here imports Flask. Importing this package does not import torch either;
-``nli_service.inference.engine`` and ``.loader`` do.
+Imports nothing from ``nli_service`` outside itself and takes plain arguments. Importing
+this package does not import torch; ``engine``, ``loader`` and ``backends`` do.
 """

@@ -19,14 +19,13 @@ from typing import Any, Protocol
 
 import torch
 
-from nli_service.config import Settings
-from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
     ModelLoadError,
     ModelSource,
     load_tokenizer_and_model,
+    model_length_limit,
     resolve_device,
     resolve_dtype,
     resolve_model,
@@ -36,13 +35,12 @@ from nli_service.inference.types import Pair, Prediction
 
 log = logging.getLogger(__name__)
 
-HARD_MAX_LENGTH = 512
-# Models whose position ids start after the padding index (RoBERTa family).
-_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ibert")
-
 
 class Checkable(Protocol):
-    """Anything with a deadline-style ``check()`` that raises to stop between chunks."""
+    """What the engine asks between forward passes whether to go on: ``check()`` raises to stop.
+
+    The serving layer's deadline raises a ``BaseException``, so that no ``except Exception``
+    here (the tokenizer fallbacks) can swallow it."""
 
     def check(self) -> None: ...
 
@@ -66,18 +64,6 @@ class Encoded:
         """One :class:`Encoded` holding every part's pairs, in order."""
         names = parts[0].features.keys()
         return cls(features={name: [row for part in parts for row in part.features[name]] for name in names})
-
-
-def model_length_limit(tokenizer: Any, config: Any) -> int:
-    """The longest pair (in tokens) the model accepts, at most 512."""
-    limits = [HARD_MAX_LENGTH]
-    if 0 < getattr(tokenizer, "model_max_length", 0) < 100_000:
-        limits.append(int(tokenizer.model_max_length))
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_MODELS else 0
-        limits.append(positions - offset)
-    return min(limits)
 
 
 FORWARD_OVERHEAD_TOKENS = 32
@@ -199,25 +185,6 @@ class NLIEngine:
         except LabelError as error:
             raise ModelLoadError(f"model {model!r} cannot serve NLI: {error}") from None
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> NLIEngine:
-        """The engine the NLI_* settings describe."""
-        return cls.from_pretrained(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            backend=settings.backend,
-            quantize=settings.quantize,
-            offline=settings.offline,
-            hub_timeout=settings.hub_timeout,
-            fallback=settings.model_is_default,
-            calibration_data=settings.calibration_data,
-            batch_size=settings.batch_size,
-            max_length=settings.max_length,
-            max_batch_tokens=settings.max_batch_tokens,
-            sort_by_length=settings.sort_by_length,
-        )
-
     # -- properties reported by /model ------------------------------------------------
 
     @property
@@ -238,15 +205,15 @@ class NLIEngine:
 
     # -- the pipeline ------------------------------------------------------------------
 
-    def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
+    def predict(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> list[Prediction]:
         """Classify ``pairs``; the result is in input order, one :class:`Prediction` each."""
         return self.to_predictions(self.logits(pairs, deadline))
 
-    def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
+    def logits(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> torch.Tensor:
         """Raw float32 logits, shape (len(pairs), labels), columns in ``self.labels.names`` order."""
         return self.run(self.encode(pairs), deadline)
 
-    def run(self, encoded: Encoded, deadline: Deadline | Checkable | None = None) -> torch.Tensor:
+    def run(self, encoded: Encoded, deadline: Checkable | None = None) -> torch.Tensor:
         """Forward every encoded pair in length-sorted chunks; logits back in input order."""
         output = torch.empty((len(encoded.lengths), len(self.labels.names)), dtype=torch.float32)
         chunks = plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length)
@@ -273,8 +240,6 @@ class NLIEngine:
         hypotheses = [pair.hypothesis for pair in pairs]
         try:
             features = self._tokenize(premises, hypotheses, "only_first")
-        except RequestTimedOut:
-            raise
         except Exception:  # noqa: BLE001 - a hypothesis alone is longer than max_length
             singles = [
                 self._tokenize_one(premise, hypothesis)
@@ -311,8 +276,6 @@ class NLIEngine:
     def _tokenize_one(self, premise: str, hypothesis: str) -> dict[str, list[list[int]]]:
         try:
             return self._tokenize([premise], [hypothesis], "only_first")
-        except RequestTimedOut:
-            raise
         except Exception:  # noqa: BLE001 - the premise alone cannot absorb the truncation
             return self._tokenize([premise], [hypothesis], "longest_first")
 

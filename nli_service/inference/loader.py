@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # Weights and tokenizer files are all the service needs from a hub repository.
 _IGNORED_HUB_FILES = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "*.mlmodel"]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HARD_MAX_LENGTH = 512
+# Models whose position ids start after the padding index (RoBERTa family).
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ibert")
 
 
 class ModelLoadError(RuntimeError):
@@ -195,3 +198,15 @@ def load_tokenizer_and_model(source: ModelSource, device: torch.device, dtype: t
         raise ModelLoadError(f"model {source.name!r} has no fast tokenizer (tokenizer.json); the service needs one")
     model.eval()
     return tokenizer, model
+
+
+def model_length_limit(tokenizer: Any, config: Any) -> int:
+    """The longest pair (in tokens) the model accepts, at most 512."""
+    limits = [HARD_MAX_LENGTH]
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 100_000:
+        limits.append(int(tokenizer.model_max_length))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_MODELS else 0
+        limits.append(positions - offset)
+    return min(limits)

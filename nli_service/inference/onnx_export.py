@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nli_service.inference.engine import model_length_limit
+from nli_service.inference.loader import model_length_limit
 
 CALIBRATION_PAIRS = 512
 CALIBRATION_BATCH = 32

@@ -171,7 +171,7 @@ def quantize(model: Any, calibration: Calibration | None, int8: bool = True) -> 
 def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from nli_service.inference.engine import model_length_limit
+    from nli_service.inference.loader import model_length_limit
     from nli_service.inference.onnx_export import calibration_batches, calibration_pairs
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -42,12 +42,3 @@ def zero_shot_pairs(texts: Sequence[str], labels: Sequence[str], template: str) 
     """One pair per (text, label): the text against ``template.format(label)``, texts major."""
     statements = [template.format(label) for label in labels]
     return [Pair(text, statement) for text in texts for statement in statements]
-
-
-class QueueFull(Exception):
-    """Too many pairs are already waiting in this worker; retry later or elsewhere."""
-
-    def __init__(self, queued: int, limit: int) -> None:
-        super().__init__(f"{queued} pairs are already queued in this worker (limit {limit})")
-        self.queued = queued
-        self.limit = limit

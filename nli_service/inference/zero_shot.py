@@ -11,27 +11,38 @@ entailment is 0), which is wrong for models ordered otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
-from nli_service.deadline import Deadline
-from nli_service.inference.engine import NLIEngine
+from nli_service.inference.engine import Checkable
+from nli_service.inference.labels import LabelMap
 from nli_service.inference.types import (
     CONTRADICTION,
     DEFAULT_TEMPLATE,
     ENTAILMENT,
+    Pair,
     ZeroShotResult,
     zero_shot_pairs,
 )
 
 
+class LogitsModel(Protocol):
+    """The engine, or anything in front of it that answers its ``logits`` call."""
+
+    @property
+    def labels(self) -> LabelMap: ...
+
+    def logits(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> torch.Tensor: ...
+
+
 def classify(
-    engine: NLIEngine,
+    engine: LogitsModel,
     texts: Sequence[str],
     labels: Sequence[str],
     template: str = DEFAULT_TEMPLATE,
     multi_label: bool = False,
-    deadline: Deadline | None = None,
+    deadline: Checkable | None = None,
 ) -> list[ZeroShotResult]:
     """Score every label for every text; one :class:`ZeroShotResult` per text."""
     pairs = zero_shot_pairs(texts, labels, template)

@@ -19,7 +19,7 @@ from gunicorn import glogging
 
 from nli_service import logs
 from nli_service.config import ConfigError, Settings
-from nli_service.startup import exit_on_startup_error
+from nli_service.server.startup import exit_on_startup_error
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _metrics_dir_prepared = False
@@ -58,7 +58,7 @@ def prepare_metrics_dir() -> str:
 def worker_class(settings: Settings) -> str:
     """gthread workers take new connections least-connections first (``balanced_worker``)."""
     if settings.worker_class == "gthread":
-        return "nli_service.balanced_worker.BalancedThreadWorker"
+        return "nli_service.server.balanced_worker.BalancedThreadWorker"
     return settings.worker_class
 
 
@@ -102,7 +102,7 @@ class JsonLogger(glogging.Logger):
 
 def when_ready(server: Any) -> None:
     """In the master, once listening: serve the summed metrics of all workers."""
-    from nli_service.startup import start_metrics_or_exit
+    from nli_service.server.startup import start_metrics_or_exit
 
     settings = Settings.from_env()
     if settings.metrics_port:
@@ -124,16 +124,18 @@ def post_worker_init(worker: Any) -> None:
     Not in ``post_fork``: until the worker installs its own signal handlers (after that hook)
     it has the master's, so a SIGTERM during the warm-up would be lost and stopping would
     wait out graceful_timeout."""
-    from nli_service import runner
+    from nli_service.server.worker_table import TABLE
+    from nli_service.serving.runtime import WorkerContext, prepare_worker
 
     threads = Settings.from_env().torch_threads_for(worker.cfg.workers)
-    runner.prepare_worker(threads, slot=getattr(worker, "slot", None))  # slot: gthread's BalancedThreadWorker
+    slot = getattr(worker, "slot", None)  # only gthread's BalancedThreadWorker has one
+    prepare_worker(WorkerContext(threads=threads, table=TABLE if slot is not None else None, slot=slot))
 
 
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, when a worker dies: drop its live gauges and free its row in the worker table."""
-    from nli_service import metrics
-    from nli_service.worker_table import TABLE
+    from nli_service.server.metrics_exporter import mark_worker_dead
+    from nli_service.server.worker_table import TABLE
 
-    metrics.mark_worker_dead(worker.pid)
+    mark_worker_dead(worker.pid)
     TABLE.release(getattr(worker, "slot", None))  # only gthread's BalancedThreadWorker has one

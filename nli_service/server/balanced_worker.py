@@ -18,7 +18,7 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
-from nli_service.worker_table import NOT_ACCEPTING, TABLE
+from nli_service.server.worker_table import NOT_ACCEPTING, TABLE
 
 MAX_DEFER = 0.01  # seconds a busier worker leaves a new connection to a less busy one
 _POLL = 0.0005

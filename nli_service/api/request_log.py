@@ -7,9 +7,11 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
+from nli_service.inference.types import Pair
 from nli_service.logs import current_request_id
 
 log = logging.getLogger("nli_service.access")
@@ -21,6 +23,15 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 def _incoming_request_id() -> str:
     sent = request.headers.get(REQUEST_ID_HEADER, "")
     return sent if _VALID_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def account_for(pairs: Sequence[Pair]) -> float:
+    """Note ``pairs`` in this request's access record; when the request started (its deadline counts from then)."""
+    g.pairs = len(pairs)
+    g.input_chars = sum(pair.characters for pair in pairs)
+    if current_app.config["NLI_SETTINGS"].log_inputs:
+        g.logged_inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs]
+    return g.request_started
 
 
 def _before_request() -> None:

@@ -7,10 +7,11 @@ its rows. Until ``max_pairs`` pairs are gathered it waits up to ``max_wait`` for
 requests still being tokenised, and for as many requests as the last pass answered
 plus those that queued during it: clients whose answers just left usually send their
 next request within a millisecond or two, and without the wait passes settle into
-alternating halves (at 16 clients, 3.8 requests per pass instead of 6-7). A request whose deadline
-passes while queued is answered with :class:`RequestTimedOut` and never computed; a
-request that would push the queue past ``max_queued_pairs`` is refused at once with
-:class:`QueueFull` (the server says 429) instead of waiting towards a certain timeout.
+alternating halves. A request whose deadline passes while queued is answered with
+:class:`RequestTimedOut` and never computed; a request that would push the queue past
+``max_queued_pairs`` is refused at once with :class:`Overloaded` (the API says 429)
+instead of waiting towards a certain timeout. The batcher thread survives anything a
+pass raises: the requests of that pass get the error, later requests are served.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 
 import torch
 
-from nli_service.deadline import Deadline, RequestTimedOut
 from nli_service.inference.engine import Encoded, NLIEngine
-from nli_service.inference.shared_cores import SharedCores
-from nli_service.inference.types import Pair, Prediction, QueueFull
+from nli_service.inference.types import Pair, Prediction
+from nli_service.serving.deadline import Deadline, DeadlineExceeded
+from nli_service.serving.errors import Overloaded, RequestTimedOut
+from nli_service.serving.shared_cores import SharedCores
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,11 @@ class _AllExpired:
 
     def check(self) -> None:
         if all(job.expired() for job in self.jobs):
-            raise RequestTimedOut(max(job.deadline.seconds if job.deadline else 0 for job in self.jobs))
+            raise DeadlineExceeded(max(job.deadline.seconds if job.deadline else 0 for job in self.jobs))
 
 
 class MicroBatcher:
-    """Wraps an engine with the same ``logits``/``predict`` calls, batched across threads."""
+    """An engine's ``logits``/``predict`` calls, batched across threads (a :class:`Predictor`)."""
 
     def __init__(
         self,
@@ -90,8 +92,16 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._serve_forever, name="nli-batcher", daemon=True)
         self._thread.start()
 
-    def __getattr__(self, name: str) -> Any:  # model_id, labels, describe(), ... come from the engine
-        return getattr(self.engine, name)
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    @property
+    def labels(self) -> Any:
+        return self.engine.labels
+
+    def describe(self) -> dict[str, Any]:
+        return self.engine.describe()
 
     def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
         return self.engine.to_predictions(self.logits(pairs, deadline))
@@ -117,7 +127,7 @@ class MicroBatcher:
     def _reserve(self, pairs: int) -> None:
         with self._condition:
             if self.max_queued_pairs and self._queued_pairs and self._queued_pairs + pairs > self.max_queued_pairs:
-                raise QueueFull(self._queued_pairs, self.max_queued_pairs)
+                raise Overloaded(self._queued_pairs, self.max_queued_pairs)
             self._queued_pairs += pairs
 
     def _release(self, pairs: int) -> None:
@@ -135,12 +145,12 @@ class MicroBatcher:
                 self._arriving -= 1
                 self._condition.notify_all()
 
-    def _gather(self) -> list[_Job]:
+    def _gather(self, jobs: list[_Job]) -> list[_Job]:
+        """Move queued jobs into ``jobs`` (the caller's, so a failure here still answers them); the live ones."""
         with self._condition:
             expected = self._recent_requests + len(self._queue)
             while not self._queue:
                 self._condition.wait()
-            jobs: list[_Job] = []
             wait_until = time.monotonic() + self.max_wait
             while sum(job.size for job in jobs) < self.max_pairs:
                 if self._queue:
@@ -165,9 +175,9 @@ class MicroBatcher:
         try:
             with self.cores.computing(pairs) if self.cores is not None else contextlib.nullcontext():
                 logits = self.engine.run(Encoded.concatenate([job.encoded for job in jobs]), _AllExpired(jobs))
-        except RequestTimedOut as error:
+        except DeadlineExceeded as exceeded:
             for job in jobs:
-                job.finish(error=error)
+                job.finish(error=RequestTimedOut(exceeded.seconds))
             return
         except Exception as error:  # noqa: BLE001 - every waiting request gets the failure
             log.exception("batched forward failed")
@@ -181,6 +191,13 @@ class MicroBatcher:
 
     def _serve_forever(self) -> None:
         while True:
-            jobs = self._gather()
-            if jobs:
-                self._run(jobs)
+            jobs: list[_Job] = []
+            try:
+                live = self._gather(jobs)
+                if live:
+                    self._run(live)
+            except Exception as error:  # noqa: BLE001 - the thread must outlive any one pass
+                log.exception("batcher pass failed; serving on")
+                for job in jobs:
+                    if not job.done.is_set():
+                        job.finish(error=error)

@@ -1,8 +1,9 @@
 """The one error-handling layer: every failure becomes ``{"error", "status"}`` JSON.
 
 Validation errors raise :class:`ApiError`; Werkzeug's HTTP errors (404, 405,
-413, 415, ...) keep their status and headers (``Allow`` on 405); a deadline
-miss is 408; anything else is a 500 with a generic message, logged in full.
+413, 415, ...) keep their status and headers (``Allow`` on 405); the serving layer's
+refusals get theirs (:data:`SERVING_STATUS`: not ready 503, overloaded 429, deadline
+missed 408); anything else is a 500 with a generic message, logged in full.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from nli_service import metrics
-from nli_service.deadline import RequestTimedOut
+from nli_service.serving.errors import NotReady, Overloaded, RequestTimedOut, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,18 @@ def _http_error(error: HTTPException) -> Response:
     return error_response(error.description or error.name, error.code or 500, kept)
 
 
-def _timed_out(error: RequestTimedOut) -> Response:
-    metrics.REQUEST_TIMEOUTS.inc()
-    log.warning("request timed out", extra={"timeout_seconds": error.seconds})
-    return error_response(f"{error}; send fewer or shorter pairs, or raise NLI_REQUEST_TIMEOUT", 408)
+SERVING_STATUS: dict[type[ServingError], int] = {NotReady: 503, Overloaded: 429, RequestTimedOut: 408}
+
+
+def _serving_error(error: ServingError) -> Response:
+    status = next((code for kind, code in SERVING_STATUS.items() if isinstance(error, kind)), 503)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+    message = str(error)
+    if isinstance(error, RequestTimedOut):
+        metrics.REQUEST_TIMEOUTS.inc()
+        log.warning("request timed out", extra={"timeout_seconds": error.seconds})
+        message += "; send fewer or shorter pairs, or raise NLI_REQUEST_TIMEOUT"
+    return error_response(message, status, headers)
 
 
 def _unexpected(error: Exception) -> Response:
@@ -63,5 +72,5 @@ def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(RequestTimedOut, _timed_out)
+    app.register_error_handler(ServingError, _serving_error)
     app.register_error_handler(Exception, _unexpected)

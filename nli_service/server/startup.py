@@ -39,27 +39,27 @@ def or_exit(build: Callable[[], T]) -> T:
 
 def build_app():
     """``create_app()`` from the environment, or exit with the reason."""
-    from nli_service import create_app
+    from nli_service.api import create_app
 
     return or_exit(create_app)
 
 
 def start_metrics_or_exit(settings) -> None:
     """Serve Prometheus metrics on NLI_METRICS_PORT, or exit with the reason (e.g. port taken)."""
-    from nli_service import metrics
+    from nli_service.server import metrics_exporter
 
     try:
-        metrics.start_exporter(settings.metrics_port, settings.host)
+        metrics_exporter.start_exporter(settings.metrics_port, settings.host)
     except OSError as error:
         exit_on_startup_error(f"NLI_METRICS_PORT={settings.metrics_port} cannot be served: {error}")
 
 
 def run_dev_server(app) -> None:
     """Flask's server, single-threaded (SIGALRM timeouts), no reloader, metrics on the side port."""
-    from nli_service import runner
+    from nli_service.serving.runtime import WorkerContext, prepare_worker
 
     settings = app.config["NLI_SETTINGS"]
-    runner.prepare_worker(settings.torch_threads_for(workers=1))
+    prepare_worker(WorkerContext(threads=settings.torch_threads_for(workers=1), batching=False))
     if settings.metrics_port:
         start_metrics_or_exit(settings)
     log.info("development server starting", extra={"host": settings.host, "port": settings.port})

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import request
 
-from nli_service.errors import ApiError
+from nli_service.api.errors import ApiError
 from nli_service.inference.types import DEFAULT_TEMPLATE, Pair, Prediction, ZeroShotResult
 
 JsonObject = dict[str, Any]

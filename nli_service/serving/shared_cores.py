@@ -17,10 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
-
-from nli_service.worker_table import WorkerTable
 
 _POLL = 0.0005
 # Under load a worker is idle only for the few ms between its passes; a peer with open
@@ -28,10 +27,20 @@ _POLL = 0.0005
 QUIET_MS = 20
 
 
+class CoreTable(Protocol):
+    """What the workers of one server publish about their computing (the server's worker table)."""
+
+    def publish_computing(self, slot: int, threads: int) -> None: ...
+
+    def most_threads_elsewhere(self, slot: int) -> int: ...
+
+    def quiet_elsewhere(self, slot: int, milliseconds: int) -> bool: ...
+
+
 class SharedCores:
     def __init__(
         self,
-        table: WorkerTable,
+        table: CoreTable,
         slot: int,
         own_threads: int,
         all_threads: int,

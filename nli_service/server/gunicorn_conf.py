@@ -1,12 +1,12 @@
 """Gunicorn settings for nli-service, all derived from the NLI_* variables (see README).
 
 Installed with the package, so it works outside the source tree:
-``gunicorn -c python:nli_service.gunicorn_conf nli_service.wsgi:app`` (``nli-service serve``).
+``gunicorn -c python:nli_service.server.gunicorn_conf nli_service.server.wsgi:app`` (``nli-service serve``).
 In the source tree, ``gunicorn.conf.py`` re-exports it (``make run``, and the guide's
 ``gunicorn -w 4 -b 0.0.0.0:5000 app:app``, since Gunicorn reads that file by default).
 """
 
-from nli_service import gunicorn_hooks as hooks
+from nli_service.server import hooks
 
 settings = hooks.settings_or_exit()
 hooks.prepare_metrics_dir()  # before anything imports prometheus_client

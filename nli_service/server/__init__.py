@@ -1,0 +1,4 @@
+"""Running the service: Gunicorn's config and hooks, the balanced worker, the metrics exporter, entry points.
+
+The only package that imports Gunicorn.
+"""

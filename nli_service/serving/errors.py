@@ -1,0 +1,36 @@
+"""What the serving layer refuses with; the API maps each to an HTTP status."""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """A request the serving layer cannot answer now; ``retry_after`` is in seconds, when retrying helps."""
+
+    retry_after: int | None = None
+
+
+class NotReady(ServingError):
+    """The model is not loaded (yet)."""
+
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__("the model is not loaded yet; retry shortly")
+
+
+class Overloaded(ServingError):
+    """Too many pairs already wait in this worker; retry later or elsewhere."""
+
+    retry_after = 1
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"this worker is overloaded: {queued} pairs are already queued (limit {limit}); retry shortly")
+        self.queued, self.limit = queued, limit
+
+
+class RequestTimedOut(ServingError):
+    """The request ran past its deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"request took longer than {seconds:g} s")
+        self.seconds = seconds

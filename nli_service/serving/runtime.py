@@ -1,0 +1,152 @@
+"""This process's model: loaded once, started in each worker, served as one :class:`NLIService`.
+
+The engine is a process-wide singleton: with Gunicorn's ``preload_app`` it is loaded once in
+the master and shared copy-on-write by the forked workers, which must not have run any
+inference before the fork. :func:`prepare_worker` (called by the server in each new worker,
+or by the dev server) sizes torch's threads and warms the engine up there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+
+from nli_service import metrics
+from nli_service.config import Settings, available_cores
+from nli_service.inference.engine import NLIEngine, set_torch_threads
+from nli_service.serving.batcher import MicroBatcher
+from nli_service.serving.service import NLIService, Predictor
+from nli_service.serving.shared_cores import CoreTable, SharedCores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Every argument the engine is built from; two equal specs may share one engine."""
+
+    model: str
+    device: str
+    dtype: str
+    backend: str
+    quantize: str
+    offline: bool
+    hub_timeout: float
+    fallback: bool
+    calibration_data: str
+    batch_size: int
+    max_length: int | None
+    max_batch_tokens: int
+    sort_by_length: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineSpec:
+        return cls(
+            model=settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            backend=settings.backend,
+            quantize=settings.quantize,
+            offline=settings.offline,
+            hub_timeout=settings.hub_timeout,
+            fallback=settings.model_is_default,
+            calibration_data=settings.calibration_data,
+            batch_size=settings.batch_size,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            sort_by_length=settings.sort_by_length,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """How this serving process runs: its torch threads and, under Gunicorn, its row in the worker table."""
+
+    threads: int
+    batching: bool | None = None  # None: as the settings' worker class says
+    table: CoreTable | None = None
+    slot: int | None = None
+
+
+_engine: NLIEngine | None = None
+_engine_spec: EngineSpec | None = None
+_worker: WorkerContext | None = None  # set once this process serves requests
+# Keyed by pid (threads do not survive a fork), engine and the batcher's own settings.
+_batchers: dict[tuple[object, ...], MicroBatcher] = {}
+_batchers_lock = threading.Lock()
+
+
+def load_engine(settings: Settings) -> NLIEngine:
+    """The process's engine for ``settings``, loading it on first use (or when the spec changed)."""
+    global _engine, _engine_spec
+    spec = EngineSpec.from_settings(settings)
+    if _engine is None or _engine_spec != spec:
+        if _worker is None:
+            # Maybe the Gunicorn master before fork: a single thread never starts the
+            # OpenMP pool (a dtype cast while loading could), which children would inherit broken.
+            set_torch_threads(1)
+        engine = NLIEngine.from_pretrained(**asdict(spec))
+        engine.observer = metrics.observe_forward
+        metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
+        log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
+        _engine, _engine_spec = engine, spec
+        if _worker is not None:  # loaded inside a worker (no preload): start here
+            engine.start(_worker.threads)
+    return _engine
+
+
+def prepare_worker(context: WorkerContext) -> None:
+    """In a freshly forked worker (or the dev server): size torch's threads, then warm up."""
+    global _worker
+    _worker = context
+    set_torch_threads(context.threads)
+    if _engine is not None:
+        _engine.start(context.threads)
+
+
+def service_for(settings: Settings) -> NLIService:
+    """The service the API calls: the engine, with threaded workers behind the cross-request batcher."""
+    engine = load_engine(settings)
+    return NLIService(_predictor(engine, settings), settings.request_timeout)
+
+
+def _batching(settings: Settings) -> bool:
+    if _worker is not None and _worker.batching is not None:
+        return _worker.batching
+    return settings.worker_class == "gthread"
+
+
+def _predictor(engine: NLIEngine, settings: Settings) -> Predictor:
+    if not _batching(settings):
+        return engine
+    key = (os.getpid(), id(engine), settings.batch_size, settings.batch_wait_ms, settings.max_queued_pairs)
+    key += (settings.idle_cores_max_pairs,)
+    with _batchers_lock:
+        if key not in _batchers:
+            _batchers[key] = MicroBatcher(
+                engine,
+                max_pairs=settings.batch_size,
+                max_wait=settings.batch_wait_ms / 1000,
+                max_queued_pairs=settings.max_queued_pairs,
+                cores=_shared_cores(engine, settings),
+            )
+        return _batchers[key]
+
+
+def _shared_cores(engine: NLIEngine, settings: Settings) -> SharedCores | None:
+    """Lend idle workers' cores to a lone small pass, where torch can change its threads per pass."""
+    if _worker is None or _worker.table is None or _worker.slot is None or not settings.idle_cores_max_pairs:
+        return None
+    own, every = _worker.threads, available_cores()
+    if engine.backend.name != "torch" or engine.device != "cpu" or every <= own:
+        return None
+    return SharedCores(
+        _worker.table,
+        _worker.slot,
+        own,
+        every,
+        settings.idle_cores_max_pairs,
+        on_borrow=metrics.BORROWED_CORES.inc,
+    )
