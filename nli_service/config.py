@@ -125,7 +125,9 @@ class Settings:
         _non_empty,
         "premise/hypothesis TSV calibrating int8 (its first 512 pairs); missing: plain dynamic int8",
     )
-    batch_size: int = _setting("NLI_BATCH_SIZE", "8", _positive_int, "pairs per forward pass")
+    batch_size: int = _setting(
+        "NLI_BATCH_SIZE", "auto", _optional_positive_int, "pairs per forward pass (auto: see Layout)"
+    )
     max_batch_tokens: int = _setting(
         "NLI_MAX_BATCH_TOKENS", "8192", _positive_int, "padded tokens per forward pass (caps long-text batches)"
     )
@@ -151,6 +153,12 @@ class Settings:
     max_body_bytes: int = _setting(
         "NLI_MAX_BODY_BYTES", str(1024 * 1024), _positive_int, "largest request body in bytes (more: 413)"
     )
+    max_expanded_chars: int = _setting(
+        "NLI_MAX_EXPANDED_CHARS",
+        str(4 * 1024 * 1024),
+        _positive_int,
+        "zero-shot: most characters of model input, texts x labels x (text + hypothesis) (more: 413)",
+    )
     request_timeout: float = _setting(
         "NLI_REQUEST_TIMEOUT", "30", _positive_float, "seconds a request may take (more: 408)"
     )
@@ -168,12 +176,14 @@ class Settings:
     metrics_port: int = _setting("NLI_METRICS_PORT", "8000", _port, "Prometheus side port; 0 disables it")
     host: str = _setting("NLI_HOST", "0.0.0.0", _non_empty, "address to listen on")
     port: int = _setting("NLI_PORT", "5000", _port, "HTTP port")
-    workers: int = _setting("NLI_WORKERS", "4", _positive_int, "Gunicorn worker processes")
+    workers: int = _setting(
+        "NLI_WORKERS", "auto", _optional_positive_int, "Gunicorn worker processes (auto: see Layout)"
+    )
     worker_class: str = _setting(
         "NLI_WORKER_CLASS",
-        "sync",
-        _choice("sync", "gthread"),
-        "Gunicorn worker class; gthread batches concurrent requests and balances connections",
+        "auto",
+        _choice("auto", "sync", "gthread"),
+        "Gunicorn worker class (auto: gthread); gthread batches concurrent requests and balances connections",
     )
     idle_cores_max_pairs: int = _setting(
         "NLI_IDLE_CORES_MAX_PAIRS",
@@ -182,7 +192,9 @@ class Settings:
         "gthread, torch on CPU: a pass of at most this many pairs uses every core while no other worker computes"
         " (0: never)",
     )
-    threads: int = _setting("NLI_THREADS", "1", _positive_int, "threads per worker with NLI_WORKER_CLASS=gthread")
+    threads: int = _setting(
+        "NLI_THREADS", "auto", _optional_positive_int, "request threads per gthread worker (auto: see Layout)"
+    )
     max_requests: int = _setting(
         "NLI_MAX_REQUESTS",
         "10000",
@@ -212,6 +224,12 @@ class Settings:
         if _boolean(environ.get("HF_HUB_OFFLINE", "0") or "0"):
             values["offline"] = True
         values["model_is_default"] = "NLI_MODEL" not in environ
+        layout = default_layout(available_cores(), gpu=uses_gpu(values["device"]))
+        for name in ("workers", "threads", "batch_size"):
+            if values[name] is None:
+                values[name] = getattr(layout, name)
+        if values["worker_class"] == "auto":
+            values["worker_class"] = layout.worker_class
         return cls(**values)
 
     def torch_threads_for(self, workers: int) -> int:
@@ -219,6 +237,43 @@ class Settings:
         if self.torch_threads is not None:
             return self.torch_threads
         return max(1, available_cores() // workers)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The process layout ``auto`` settings take, from the hardware.
+
+    CPU: gthread workers, one per core (at most ``MAX_CPU_WORKERS``), each computing with its
+    share of the cores. Their request threads queue into one cross-request batcher per
+    worker, which fills passes of up to 16 pairs from concurrent requests; connections are
+    balanced across workers and a lone request borrows idle cores. Measured on 2 cores
+    against the bare model's best throughput (docs/performance.md): this layout reaches it,
+    where one sync worker per request reached half. Sync workers cannot batch across
+    requests, and more processes than cores only fight for them.
+
+    GPU: one gthread worker holding the model once on the device, fed by 32 request threads
+    through the batcher in passes of up to 32 pairs (a GPU wants large passes; a second
+    process would hold a second copy of the weights in device memory).
+    """
+
+    workers: int
+    worker_class: str
+    threads: int
+    batch_size: int
+
+
+MAX_CPU_WORKERS = 8  # past this, each worker computes with more threads instead (memory: one model per worker)
+
+
+def default_layout(cores: int, gpu: bool = False) -> Layout:
+    if gpu:
+        return Layout(workers=1, worker_class="gthread", threads=32, batch_size=32)
+    return Layout(workers=max(1, min(cores, MAX_CPU_WORKERS)), worker_class="gthread", threads=16, batch_size=16)
+
+
+def uses_gpu(device: str) -> bool:
+    """Whether the model will run on a GPU, without importing torch (this module must stay light)."""
+    return device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidia0"))
 
 
 def available_cores() -> int:

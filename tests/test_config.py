@@ -2,22 +2,62 @@ from __future__ import annotations
 
 import pytest
 
-from nli_service.config import DEFAULT_MODEL, ConfigError, Settings, documented_settings
+from nli_service.config import (
+    DEFAULT_MODEL,
+    MAX_CPU_WORKERS,
+    ConfigError,
+    Settings,
+    available_cores,
+    default_layout,
+    documented_settings,
+)
 
 
 def test_defaults_match_the_documented_table() -> None:
     settings = Settings.from_env({})
     assert settings.model == DEFAULT_MODEL
     assert (settings.device, settings.dtype) == ("auto", "auto")
-    assert settings.batch_size == 8
+    layout = default_layout(available_cores())
+    assert (settings.workers, settings.worker_class, settings.threads, settings.batch_size) == (
+        layout.workers,
+        "gthread",
+        layout.threads,
+        layout.batch_size,
+    )
     assert settings.max_length is None
     assert settings.max_pairs == 256
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.request_timeout == 30
     assert (settings.log_dir, settings.log_level) == ("logs", "INFO")
     assert settings.metrics_port == 8000
-    assert (settings.host, settings.port, settings.workers) == ("0.0.0.0", 5000, 4)
+    assert (settings.host, settings.port) == ("0.0.0.0", 5000)
     assert settings.offline is False
+
+
+@pytest.mark.parametrize(
+    ("cores", "gpu", "expected"),
+    [
+        (1, False, (1, "gthread", 16, 16)),
+        (2, False, (2, "gthread", 16, 16)),
+        (64, False, (MAX_CPU_WORKERS, "gthread", 16, 16)),
+        (64, True, (1, "gthread", 32, 32)),
+    ],
+)
+def test_the_default_layout_follows_the_cores_and_the_device(cores: int, gpu: bool, expected: tuple) -> None:
+    layout = default_layout(cores, gpu=gpu)
+    assert (layout.workers, layout.worker_class, layout.threads, layout.batch_size) == expected
+
+
+def test_auto_layout_settings_fill_only_what_is_not_set(monkeypatch) -> None:
+    import nli_service.config as config
+
+    monkeypatch.setattr(config, "available_cores", lambda: 6)
+    auto = Settings.from_env({})
+    assert (auto.workers, auto.threads, auto.batch_size, auto.torch_threads_for(auto.workers)) == (6, 16, 16, 1)
+    gpu = Settings.from_env({"NLI_DEVICE": "cuda"})
+    assert (gpu.workers, gpu.threads, gpu.batch_size, gpu.worker_class) == (1, 32, 32, "gthread")
+    mine = Settings.from_env({"NLI_WORKERS": "4", "NLI_WORKER_CLASS": "sync", "NLI_BATCH_SIZE": "8"})
+    assert (mine.workers, mine.worker_class, mine.threads, mine.batch_size) == (4, "sync", 16, 8)
 
 
 def test_values_are_parsed() -> None:

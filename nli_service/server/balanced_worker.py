@@ -8,20 +8,44 @@ publishes its open connections in ``worker_table``, and a worker holding
 more than the least-loaded one lets that one take a new connection first (nginx's
 ``least_conn``, within one machine). It never refuses: after ``MAX_DEFER`` it accepts
 anyway, so a stuck peer cannot stall the server.
+
+It overrides Gunicorn internals (``accept``, ``set_accept_enabled``, the ``nr_conns`` and
+``_accepting`` attributes) of the versions in ``COMPATIBLE_GUNICORN``; :func:`compatible`
+checks them at start-up, and the server falls back to the plain gthread worker otherwise.
 """
 
 from __future__ import annotations
 
+import inspect
 import select
 import time
 from typing import Any
 
+import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
 from nli_service.server.worker_table import NOT_ACCEPTING, TABLE
 
 MAX_DEFER = 0.01  # seconds a busier worker leaves a new connection to a less busy one
 _POLL = 0.0005
+COMPATIBLE_GUNICORN = ((27, 0), (27, 1))  # [from, to) major.minor, as pinned in requirements.txt
+_OVERRIDDEN_METHODS = ("accept", "set_accept_enabled")
+_OVERRIDDEN_ATTRIBUTES = ("self.nr_conns", "self._accepting")
+
+
+def incompatibility(worker: type = ThreadWorker, version: tuple[int, ...] | None = None) -> str | None:
+    """Why this Gunicorn's gthread worker cannot be balanced, or None when it can."""
+    version = tuple(gunicorn.version_info) if version is None else version
+    low, high = COMPATIBLE_GUNICORN
+    if not low <= tuple(version[:2]) < high:
+        return f"Gunicorn {'.'.join(map(str, version))} is outside the tested range {low} to {high}"
+    missing = [name for name in _OVERRIDDEN_METHODS if not callable(getattr(worker, name, None))]
+    try:
+        source = inspect.getsource(worker)
+    except (OSError, TypeError):
+        source = ""
+    missing += [name for name in _OVERRIDDEN_ATTRIBUTES if name not in source]
+    return f"its gthread worker has no {', '.join(missing)}" if missing else None
 
 
 class BalancedThreadWorker(ThreadWorker):

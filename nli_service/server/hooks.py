@@ -8,6 +8,7 @@ and the master must never run inference before it forks its workers.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import shutil
@@ -16,9 +17,10 @@ import tempfile
 from typing import Any
 
 from gunicorn import glogging
+from gunicorn.workers.gthread import ThreadWorker
 
 from nli_service import logs
-from nli_service.config import ConfigError, Settings
+from nli_service.config import ConfigError, Settings, uses_gpu
 from nli_service.server.startup import exit_on_startup_error
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -56,19 +58,24 @@ def prepare_metrics_dir() -> str:
 
 
 def worker_class(settings: Settings) -> str:
-    """gthread workers take new connections least-connections first (``balanced_worker``)."""
-    if settings.worker_class == "gthread":
-        return "nli_service.server.balanced_worker.BalancedThreadWorker"
-    return settings.worker_class
+    """gthread workers take new connections least-connections first (``balanced_worker``), when the
+    installed Gunicorn has what that worker overrides; otherwise Gunicorn's own gthread, with one warning."""
+    if settings.worker_class != "gthread":
+        return settings.worker_class
+    from nli_service.server import balanced_worker
+
+    reason = balanced_worker.incompatibility()
+    if reason is not None:
+        logging.getLogger("nli_service.server").warning(
+            "balanced gthread worker unavailable (%s); using Gunicorn's plain gthread worker", reason
+        )
+        return "gthread"
+    return "nli_service.server.balanced_worker.BalancedThreadWorker"
 
 
 def can_preload(settings: Settings) -> bool:
     """Preload (share weights copy-on-write) on CPU; CUDA must not start before fork."""
-    return not settings.device.startswith("cuda") and not (settings.device == "auto" and _cuda_present())
-
-
-def _cuda_present() -> bool:
-    return os.path.exists("/dev/nvidia0")
+    return not uses_gpu(settings.device)
 
 
 def worker_timeout(settings: Settings) -> int:
@@ -129,7 +136,8 @@ def post_worker_init(worker: Any) -> None:
 
     threads = Settings.from_env().torch_threads_for(worker.cfg.workers)
     slot = getattr(worker, "slot", None)  # only gthread's BalancedThreadWorker has one
-    prepare_worker(WorkerContext(threads=threads, table=TABLE if slot is not None else None, slot=slot))
+    batching = isinstance(worker, ThreadWorker)  # requests arrive on several threads: batch them
+    prepare_worker(WorkerContext(threads, batching, TABLE if slot is not None else None, slot))
 
 
 def child_exit(server: Any, worker: Any) -> None:

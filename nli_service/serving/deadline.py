@@ -59,15 +59,14 @@ class _Alarm:
     """
 
     def __init__(self) -> None:
-        self.installed = False
         self.armed: Deadline | None = None
 
     def install(self) -> None:
-        if not self.installed:
-            signal.signal(signal.SIGALRM, self._on_alarm)
-            self.installed = True
+        """Make this the SIGALRM handler (once; again only if something replaced it)."""
+        if signal.getsignal(signal.SIGALRM) != self.on_alarm:
+            signal.signal(signal.SIGALRM, self.on_alarm)
 
-    def _on_alarm(self, signum: int, frame: object) -> None:
+    def on_alarm(self, signum: int, frame: object) -> None:
         deadline = self.armed
         if deadline is not None:
             self.armed = None
