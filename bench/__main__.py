@@ -2,16 +2,16 @@
 
 1. The backends (torch fp32 / int8, ONNX fp32 / int8) against torch fp32: agreement, and
    speed in 6 round-robin rounds spread over minutes (3 here, one before each round of the
-   tuned service), each backend's ratio to torch fp32 taken within a round. A long-tail
+   default service), each backend's ratio to torch fp32 taken within a round. A long-tail
    workload, length-sorted vs input order.
-2. The real service under Gunicorn with the production config (gthread workers with
-   cross-request micro-batching), driven by a separate load-generator process:
+2. The real service under Gunicorn exactly as ``make run`` starts it (no layout setting: the
+   defaults choose, see ``config.Layout``), driven by a separate load-generator process:
    /batch-predict (32 pairs, 2 clients) and /predict (1, 4, 16 clients), in 3 rounds. Each
    round starts with the raw engine limit (no HTTP; batch 1, 8, 32 for the chosen backend),
    so every service / raw ratio compares figures of the same minutes. At concurrency 1 each
    request's latency is divided by the raw batch-1 latency of the same pair.
-3. The same with the guide's naive settings: 4 sync workers, torch's default threads
-   in each, no length sorting, no micro-batching.
+3. The same with the guide's naive set-up: 4 sync workers, every core's threads in each,
+   no length sorting, no micro-batching.
 4. Memory: summed PSS of the 4-worker server vs one ``python app.py`` process, each
    measured after serving the same kinds of requests.
 
@@ -37,14 +37,14 @@ from bench.loadgen import percentile
 from bench.models import generated_model
 from bench.server import PROJECT_ROOT, Service, pss_mib
 from bench.workloads import DATA_DIR, as_json, long_tail, snli_pairs
-from nli_service.config import available_cores
+from nli_service.config import available_cores, default_layout
 from nli_service.inference.types import NLI_LABELS, Pair
 
 CORES = available_cores()
-TUNED_WORKERS = 2  # gthread workers of the tuned set-up, one core each here
+DEFAULT_WORKERS = default_layout(CORES).workers  # what `make run` starts on this machine
 VARIANTS = ("torch/none", "torch/int8", "onnx/none", "onnx/int8")  # backend/quantize, compared side by side
 REFERENCE = "torch/none"
-ENGINE_ROUNDS = 3  # backend rounds before the tuned service; one more before each of its rounds
+ENGINE_ROUNDS = 3  # backend rounds before the default service; one more before each of its rounds
 RAW_PAIRS = 128  # the raw engine's pairs: the first single-pair bodies the service is sent
 RESULTS = PROJECT_ROOT / "bench-results"
 
@@ -112,12 +112,12 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 class RawEngine:
     """The configured engine without HTTP: pairs/s at batch 1, 8, 32 with every core, and batch-1
-    latency with every core and with a tuned worker's share. Measured once per round of the tuned
+    latency with every core and with a default worker's share. Measured once per round of the default
     service, before its workloads, so that service / raw ratios compare figures of the same minutes."""
 
     def __init__(self, model: str, backend: str, quantize: str, pairs: list[Pair], seconds: float) -> None:
         self.engine = _load_engine(model, backend, quantize)
-        self.worker_threads = max(1, CORES // TUNED_WORKERS)
+        self.worker_threads = max(1, CORES // DEFAULT_WORKERS)
         with _torch_threads(self.worker_threads):
             self.worker = _load_engine(model, backend, quantize, threads=self.worker_threads)
         self.pairs, self.seconds = pairs[:RAW_PAIRS], seconds
@@ -155,7 +155,7 @@ class RawEngine:
 class BackendRounds:
     """Every backend against torch fp32: label agreement once, then speed at batch 32 in
     round-robin rounds. ``measure`` runs one round; bench runs one before each round of the
-    tuned service too, so the rounds spread over minutes: the shared machine has slow spells
+    default service too, so the rounds spread over minutes: the shared machine has slow spells
     of ≈ 30 s that cost int8 kernels ≈ 25 % and fp32 ≈ 8 %, and rounds packed into one minute
     could fall mostly into one (docs/performance.md)."""
 
@@ -190,7 +190,7 @@ class BackendRounds:
 
 
 def measure_long_tail(engine: Any, pairs: list[Pair], seconds: float) -> dict[str, float]:
-    """Requests of 64 pairs in forward passes of 8 (the service's default) and of 32 pairs: input
+    """Requests of 64 pairs in forward passes of 8 (the naive set-up's) and of 32 pairs: input
     order (the guide's way) against length-sorted chunks, same batch size, no token budget."""
     tail = long_tail(pairs[:256])
     tail_rates = {}
@@ -309,22 +309,28 @@ def single_process_pss(model_settings: dict[str, str], pairs: list[Pair]) -> flo
         service.stop()
 
 
-def tuned_settings(common: dict[str, str]) -> dict[str, str]:
-    """The README's set-up for many concurrent clients: gthread workers with micro-batching."""
+def default_settings(common: dict[str, str]) -> dict[str, str]:
+    """``make run`` as a user starts it: no layout setting, the defaults choose (config.Layout)."""
+    return dict(common)
+
+
+def naive_settings(common: dict[str, str]) -> dict[str, str]:
+    """The guide's ``gunicorn -w 4 app:app`` with one request per worker at a time, as before the
+    defaults chose: 4 sync workers, every core's threads in each, no length sorting."""
     return {
         **common,
-        "NLI_WORKER_CLASS": "gthread",
-        "NLI_WORKERS": str(TUNED_WORKERS),
-        "NLI_THREADS": "16",
-        "NLI_BATCH_SIZE": "16",
-        "NLI_BATCH_WAIT_MS": "5",
+        "NLI_WORKER_CLASS": "sync",
+        "NLI_WORKERS": "4",
+        "NLI_BATCH_SIZE": "8",
+        "NLI_TORCH_THREADS": str(CORES),
+        "NLI_SORT_BY_LENGTH": "false",
     }
 
 
-def measure_engines_and_tuned(
+def measure_engines_and_default(
     model: str, backend: str, quantize: str, settings: dict[str, str], pairs: list[Pair], seconds: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The engines alone (the backends' first rounds, the long tail), then the tuned service,
+    """The engines alone (the backends' first rounds, the long tail), then the default service,
     each of its rounds after one more backend round and the raw engine limit."""
     raw = RawEngine(model, backend, quantize, pairs, seconds / 2)
     backends = BackendRounds(model, pairs, seconds / 2)
@@ -336,9 +342,9 @@ def measure_engines_and_tuned(
         backends.measure()
         raw.measure()
 
-    tuned = measure_service("tuned", settings, TUNED_WORKERS, pairs, seconds, each_round=each_round)
+    default = measure_service("default", settings, DEFAULT_WORKERS, pairs, seconds, each_round=each_round)
     engine["raw"], engine["backends"] = raw.summary(), backends.summary()
-    return engine, tuned
+    return engine, default
 
 
 # -- report ---------------------------------------------------------------------------
@@ -348,18 +354,18 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     """(target, measured ratio, required ratio, met) for each of the issue's targets.
 
     Ratios marked "lower is better" are met at or under the required value."""
-    engine, tuned, naive = result["engine"], result["tuned"], result["naive"]
+    engine, default, naive = result["engine"], result["default"], result["naive"]
     raw_limit = max(engine["raw"]["batch_8"], engine["raw"]["batch_32"])
     speed = {name: row["speed_over_fp32"] for name, row in engine["backends"].items()}
     raw = engine["raw"]
-    c1_p99 = tuned["single_c1"]["p99_ms"]
+    c1_p99 = default["single_c1"]["p99_ms"]
     tail = engine["long_tail"]
     rows = [
-        ("/batch-predict (32 pairs, c=2) / raw limit", tuned["batch32_c2"]["pairs_per_second"] / raw_limit, 0.9),
-        ("/predict c=16 / raw limit", tuned["single_c16"]["pairs_per_second"] / raw_limit, 0.9),
+        ("/batch-predict (32 pairs, c=2) / raw limit", default["batch32_c2"]["pairs_per_second"] / raw_limit, 0.9),
+        ("/predict c=16 / raw limit", default["single_c16"]["pairs_per_second"] / raw_limit, 0.9),
         (
             "/predict c=16 / naive /predict c=16",
-            tuned["single_c16"]["pairs_per_second"] / max(naive["single_c16"]["pairs_per_second"], 1e-9),
+            default["single_c16"]["pairs_per_second"] / max(naive["single_c16"]["pairs_per_second"], 1e-9),
             5.0,
         ),
         # Agreement on trained weights is judged by `make eval --compare-backends` (random weights here).
@@ -367,7 +373,7 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ("torch int8 / torch fp32 (raw, batch 32, same rounds)", speed["torch/int8"], 2.5),
         ("4 workers' PSS / one process (lower is better)", naive["pss_mib"]["total"] / result["single_pss_mib"], 1.5),
         ("p99 at c=1 / raw batch-1 p99 latency, same pairs (lower is better)", c1_p99 / raw["batch_1_p99_ms"], 1.3),
-        ("long tail: sorted / unsorted, both batch 8 (the default)", tail["sorted_b8"] / tail["unsorted_b8"], 3.0),
+        ("long tail: sorted / unsorted, both batch 8 (the naive set-up's)", tail["sorted_b8"] / tail["unsorted_b8"], 3.0),
         ("long tail: sorted / unsorted, both batch 32", tail["sorted_b32"] / tail["unsorted_b32"], 3.0),
     ]
     return [
@@ -385,16 +391,16 @@ def render(result: dict[str, Any]) -> str:
     lines += [
         f"| pairs/s, {CORES} threads | {raw['batch_1']} | {raw['batch_8']} | {raw['batch_32']} | "
         f"{raw['batch_1_p50_ms']} / {raw['batch_1_p99_ms']} |",
-        f"| {raw['worker_threads']} thread(s), as a tuned worker | | | | "
+        f"| {raw['worker_threads']} thread(s), as a default worker | | | | "
         f"{raw['worker_batch_1_p50_ms']} / {raw['worker_batch_1_p99_ms']} |",
         "",
     ]
     low, high = raw["batch_1_pair_median_range_ms"]
-    over_raw = latency_over_raw(result["tuned"]["single_c1"], raw["batch_1_ms_by_pair"])
+    over_raw = latency_over_raw(result["default"]["single_c1"], raw["batch_1_ms_by_pair"])
     lines += [
         f"raw batch-1 latency of one pair (its median): {low}–{high} ms, by the pairs' lengths; "
         f"each latency over its pair's median, p99: {raw['batch_1_over_own_pair_p99']}",
-        f"tuned /predict at c=1, each request over the raw batch-1 latency of its pair: "
+        f"default /predict at c=1, each request over the raw batch-1 latency of its pair: "
         f"p50 {percentile(over_raw, 50):.2f}, p99 {percentile(over_raw, 99):.2f}",
         "",
     ]
@@ -414,7 +420,7 @@ def render(result: dict[str, Any]) -> str:
         f"| service | workload | pairs/s median | range ({SERVICE_ROUNDS} runs) | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("tuned", "naive"):
+    for name in ("default", "naive"):
         for workload in SERVICE_WORKLOADS:
             row = result[name][workload]
             lines.append(
@@ -424,8 +430,8 @@ def render(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"PSS: 4-worker server {result['naive']['pss_mib']['total']} MiB "
-        f"({result['naive']['pss_mib']['processes']} processes), tuned server "
-        f"{result['tuned']['pss_mib']['total']} MiB, one process {result['single_pss_mib']} MiB",
+        f"({result['naive']['pss_mib']['processes']} processes), default server "
+        f"{result['default']['pss_mib']['total']} MiB, one process {result['single_pss_mib']} MiB",
     ]
     lines += [f"long tail (10 % premises of 200–400 words), requests of 64 pairs, pairs/s: {engine['long_tail']}", ""]
     lines += ["| target | measured | required | met |", "|---|---|---|---|"]
@@ -453,11 +459,11 @@ def main() -> None:
         "NLI_LOG_DIR": str(RESULTS / "logs"),
         "NLI_ONNX_CACHE": str(RESULTS / "onnx"),
     }
-    tuned = tuned_settings(common)
-    naive = {**common, "NLI_WORKERS": "4", "NLI_TORCH_THREADS": str(CORES), "NLI_SORT_BY_LENGTH": "false"}
-    result["tuned_settings"], result["naive_settings"] = tuned, naive
-    result["engine"], result["tuned"] = measure_engines_and_tuned(
-        model, args.backend, args.quantize, tuned, pairs, args.seconds
+    default = default_settings(common)
+    naive = naive_settings(common)
+    result["default_settings"], result["naive_settings"] = default, naive
+    result["engine"], result["default"] = measure_engines_and_default(
+        model, args.backend, args.quantize, default, pairs, args.seconds
     )
     gc.collect()  # the engines share the model's file pages: gone before the next servers' PSS
     result["naive"] = measure_service("naive", naive, 4, pairs, args.seconds)

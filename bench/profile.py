@@ -1,6 +1,6 @@
-"""``make profile``: where a tuned worker's time goes under 16 concurrent single-pair clients.
+"""``make profile``: where a default worker's time goes under 16 concurrent single-pair clients.
 
-Starts the tuned service (``make bench``'s "tuned" settings), drives ``/predict`` at
+Starts the default service (``make bench``'s "default" settings), drives ``/predict`` at
 concurrency 16 from the load-generator process, and samples one worker with py-spy
 (every thread, idle ones included). Prints, per thread kind, the share of samples in
 each stage: model forward, padding, tokenisation, Flask and JSON, waiting.
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.__main__ import RESULTS, _drive, tuned_settings
+from bench.__main__ import RESULTS, _drive, default_settings
 from bench.models import generated_model
 from bench.server import Service
 from bench.workloads import as_json, snli_pairs
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     model = args.model or str(generated_model(RESULTS / "models"))
-    settings = tuned_settings({"NLI_MODEL": model, "NLI_LOG_DIR": str(RESULTS / "logs")})
+    settings = default_settings({"NLI_MODEL": model, "NLI_LOG_DIR": str(RESULTS / "logs")})
     service = Service(settings)
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
     try:
