@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test lint bench profile train eval clean
+.PHONY: install run dev test test-fast lint bench profile train eval clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ dev: $(STAMP) ## development server: python app.py
 
 test: $(STAMP) ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (under a minute)
+	$(BIN)/python -m pytest -q -m "not server and not slow"
 
 bench: $(STAMP) ## throughput / latency / memory of the real service; writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)

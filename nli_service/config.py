@@ -115,9 +115,14 @@ class Settings:
         _choice("auto", "float32", "float16", "bfloat16"),
         "auto (float32 on CPU, float16 on GPU) / float32 / float16 / bfloat16",
     )
-    backend: str = _setting("NLI_BACKEND", "torch", _choice("torch", "onnx"), "torch / onnx (ONNX Runtime, CPU)")
+    backend: str = _setting(
+        "NLI_BACKEND",
+        "auto",
+        _choice("auto", "torch", "onnx"),
+        "auto (torch; onnx when NLI_QUANTIZE=int8) / torch / onnx (ONNX Runtime, CPU)",
+    )
     quantize: str = _setting(
-        "NLI_QUANTIZE", "none", _choice("none", "int8"), "none / int8 (dynamic int8 weights, CPU only)"
+        "NLI_QUANTIZE", "none", _choice("none", "int8"), "none / int8 (ONNX Runtime dynamic int8, CPU only)"
     )
     calibration_data: str = _setting(
         "NLI_CALIBRATION_DATA",
@@ -224,6 +229,7 @@ class Settings:
         if _boolean(environ.get("HF_HUB_OFFLINE", "0") or "0"):
             values["offline"] = True
         values["model_is_default"] = "NLI_MODEL" not in environ
+        values["backend"] = _backend_for(values["backend"], values["quantize"])
         layout = default_layout(available_cores(), gpu=uses_gpu(values["device"]))
         for name in ("workers", "threads", "batch_size"):
             if values[name] is None:
@@ -274,6 +280,18 @@ def default_layout(cores: int, gpu: bool = False) -> Layout:
 def uses_gpu(device: str) -> bool:
     """Whether the model will run on a GPU, without importing torch (this module must stay light)."""
     return device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidia0"))
+
+
+def _backend_for(backend: str, quantize: str) -> str:
+    """``auto``: torch, or onnx for int8 (the only int8 path); torch with int8 is refused."""
+    if backend == "auto":
+        return "onnx" if quantize == "int8" else "torch"
+    if backend == "torch" and quantize == "int8":
+        raise ConfigError(
+            "NLI_BACKEND=torch with NLI_QUANTIZE=int8 is not supported (int8 runs on ONNX Runtime):"
+            " use NLI_BACKEND=onnx or leave NLI_BACKEND unset"
+        )
+    return backend
 
 
 def available_cores() -> int:

@@ -1,18 +1,129 @@
-"""Shared fixtures: tiny models built locally, and apps that serve them."""
+"""Shared fixtures: tiny models built locally, apps that serve them, and the test markers.
+
+Markers (registered in pyproject.toml):
+
+* ``server``: the test starts a real service in a subprocess (Gunicorn, ``python app.py``,
+  ``nli-service serve``). Never written by hand: a test gets it by requesting the
+  ``services`` fixture (or a fixture built on it, such as ``tiny_server``), and a test
+  that starts a service through tests/serving.py without it FAILS (see
+  ``pytest_runtest_setup``/``pytest_runtest_call`` below), so the marker cannot be missed.
+* ``slow``: takes more than ~5 s. Given to every test that uses a fixture in
+  ``SLOW_FIXTURES`` and to the tests in ``SLOW_TESTS``; a test that ran longer than
+  ``SLOW_SECONDS`` without it is named at the end of the run.
+
+``make test-fast`` runs ``-m "not server and not slow"``.
+
+The Hugging Face hub plays no part, reachable from this machine or not: every test, and
+every service it starts (they inherit this environment), sees an empty hub cache and a
+hub endpoint on a closed local port (a hub contact fails at once, the same way everywhere).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+if "huggingface_hub" in sys.modules:  # its constants are read from the environment at import
+    raise RuntimeError("huggingface_hub was imported before tests/conftest.py isolated the hub")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+for _name in list(os.environ):
+    if _name.startswith(("NLI_", "PROMETHEUS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_")):
+        del os.environ[_name]
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nli-tests-hf-home-")  # an empty cache
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"  # connection refused
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
 sys.path.insert(0, str(Path(__file__).parent))
 
+import serving  # noqa: E402
 from model_factory import build_model  # noqa: E402
 
 from nli_service import create_app  # noqa: E402
+
+SERVER_FIXTURES = {"services", "module_services"}  # and every fixture that requests one of them
+SLOW_FIXTURES = {"slow_model_dir"}
+SLOW_TESTS = {  # file::name (every parametrization) of slow tests that use none of SLOW_FIXTURES
+}
+SLOW_SECONDS = 5.0
+_STARTED_BEFORE = pytest.StashKey[int]()
+_DURATION = pytest.StashKey[float]()
+_too_slow: list[tuple[str, float]] = []
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    modules = {}
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.server)
+        test_id = f"{Path(item.path).name}::{getattr(item, 'originalname', item.name)}"
+        if names & SLOW_FIXTURES or test_id in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if getattr(item, "module", None) is not None:
+            modules[Path(item.path).name] = item.module
+    missing = [
+        test
+        for test in SLOW_TESTS
+        if (file := test.partition("::")[0]) in modules and not hasattr(modules[file], test.partition("::")[2])
+    ]
+    if missing:  # a renamed test would silently lose its marker
+        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {sorted(missing)}")
+
+
+def _check_server_marker(item: pytest.Item) -> None:
+    started = serving.services_started()[item.stash[_STARTED_BEFORE] :]
+    if started and item.get_closest_marker("server") is None:
+        pytest.fail(
+            f"{item.nodeid} started a service ({started[0]}) without the `server` marker: "
+            "start services through the `services` fixture (or module_services) instead of tests/serving.py",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    item.stash[_STARTED_BEFORE] = len(serving.services_started())
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        item.stash[_DURATION] = time.monotonic() - started
+        _check_server_marker(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        item.stash[_DURATION] = item.stash.get(_DURATION, 0.0) + time.monotonic() - started
+        if item.stash[_DURATION] > SLOW_SECONDS and item.get_closest_marker("slow") is None:
+            _too_slow.append((item.nodeid, item.stash[_DURATION]))
+        _check_server_marker(item)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _too_slow:
+        terminalreporter.section("tests over 5 s without the slow marker (add them to conftest.SLOW_TESTS)")
+        for nodeid, seconds in sorted(_too_slow, key=lambda entry: -entry[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+
 
 # The guide's model orders its labels contradiction, entailment, neutral; this one differs,
 # and its classifier always picks output 1, which it calls CONTRADICTION.
@@ -47,15 +158,32 @@ def roberta_model_dir(models_root: Path) -> Path:
     return build_model(models_root / "tiny-roberta", architecture="roberta")
 
 
-@pytest.fixture(scope="module")
-def tiny_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The tiny model under Gunicorn, 2 workers, at most 4 pairs per request."""
-    from serving import GUNICORN, running, service_env
+@pytest.fixture
+def services() -> Iterator[serving.Services]:
+    """Start real services (``start``, ``running``, ``run_to_exit``); gives the test the ``server`` marker."""
+    started = serving.Services()
+    try:
+        yield started
+    finally:
+        started.stop_all()
 
+
+@pytest.fixture(scope="module")
+def module_services() -> Iterator[serving.Services]:
+    """``services`` for module-scoped fixtures: a service shared by a module's tests."""
+    started = serving.Services()
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory, module_services: serving.Services):
+    """The tiny model under Gunicorn, 2 workers, at most 4 pairs per request."""
     logs = tmp_path_factory.mktemp("logs")
-    with running(
-        GUNICORN, service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_MAX_PAIRS=4, NLI_LOG_DIR=logs)
-    ) as service:
+    env = serving.service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_MAX_PAIRS=4, NLI_LOG_DIR=logs)
+    with module_services.running(serving.GUNICORN, env) as service:
         yield service
 
 
@@ -64,7 +192,14 @@ def make_app(tmp_path: Path, model_dir: Path):
     """``make_app(**settings)``: an app on the tiny model, logging under tmp_path."""
 
     def make(**overrides: object):
-        config = {"TESTING": True, "NLI_MODEL": str(model_dir), "NLI_LOG_DIR": str(tmp_path / "logs")}
+        # In-process apps run their requests in the caller's thread, as a sync worker does;
+        # tests of the cross-request batcher ask for NLI_WORKER_CLASS=gthread.
+        config = {
+            "TESTING": True,
+            "NLI_MODEL": str(model_dir),
+            "NLI_LOG_DIR": str(tmp_path / "logs"),
+            "NLI_WORKER_CLASS": "sync",
+        }
         config.update(overrides)
         return create_app(config)
 

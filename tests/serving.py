@@ -1,4 +1,10 @@
-"""Start the real service (Gunicorn or ``python app.py``) in a subprocess for tests."""
+"""Start the real service (Gunicorn or ``python app.py``) in a subprocess for tests.
+
+Every service started here is recorded (:func:`services_started`): conftest.py fails a
+test that starts one without carrying the ``server`` marker. Tests get the marker by
+requesting the ``services`` (or module-scoped ``module_services``) fixture, whose
+methods are :func:`start`, :func:`running` and :func:`run_to_exit`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,26 @@ import requests
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 DEV_SERVER = [sys.executable, "app.py"]
+
+_started: list[str] = []  # every service command started in this test process, in order
+
+
+def services_started() -> list[str]:
+    """The commands of every service started so far (a copy)."""
+    return list(_started)
+
+
+def _record(command: list[str]) -> None:
+    _started.append(" ".join(str(part) for part in command))
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true; TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout} s")
+        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -79,16 +105,18 @@ class RunningService:
         return Path(self.output_file.name).read_text(errors="replace")
 
 
-def start(command: list[str], env: dict[str, str]) -> RunningService:
+def start(command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> RunningService:
     # A file, not a pipe: nobody reads a pipe while the service runs, and a full one
     # (every request logs a line to stdout) would block the workers.
+    _record(command)
     output_file = tempfile.NamedTemporaryFile("w+", prefix="nli-service-", suffix=".out")  # noqa: SIM115
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output_file, stderr=subprocess.STDOUT)
     return RunningService(process=process, env=env, output_file=output_file)
 
 
 def run_to_exit(command: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, float]:
     """Run a service that should fail to start: (exit code, stderr, seconds)."""
+    _record(command)
     started = time.monotonic()
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return result.returncode, result.stderr, time.monotonic() - started
@@ -117,11 +145,37 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str]) -> Iterator[RunningService]:
+def running(command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> Iterator[RunningService]:
     """A started, ready service, stopped on exit."""
-    service = start(command, env)
+    service = start(command, env, cwd)
     try:
         service.wait_ready()
         yield service
     finally:
         service.stop()
+
+
+class Services:
+    """What the ``services`` fixtures hand a test: start services, all stopped at teardown."""
+
+    def __init__(self) -> None:
+        self._services: list[RunningService] = []
+
+    def start(self, command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> RunningService:
+        service = start(command, env, cwd)
+        self._services.append(service)
+        return service
+
+    @contextmanager
+    def running(self, command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> Iterator[RunningService]:
+        with running(command, env, cwd) as service:
+            self._services.append(service)
+            yield service
+
+    def run_to_exit(self, command: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, float]:
+        return run_to_exit(command, env, timeout)
+
+    def stop_all(self) -> None:
+        for service in self._services:
+            service.stop()
+        self._services.clear()

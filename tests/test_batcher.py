@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from model_factory import WORDS
+from serving import wait_for
 
 from nli_service.inference.engine import NLIEngine
 from nli_service.inference.types import NLI_LABELS, Pair
@@ -45,6 +46,27 @@ def _slow(engine: NLIEngine, seconds: float) -> list[int]:
     return forwarded
 
 
+class _Gate:
+    """Holds every forward pass of ``engine`` until :meth:`open`; ``entered`` is set once one is held."""
+
+    def __init__(self, engine: NLIEngine) -> None:
+        self.forwarded: list[int] = []  # pairs per forward
+        self.entered = threading.Event()
+        self._opened = threading.Event()
+        original = engine.forward
+
+        def forward(encoded, chunk):
+            self.forwarded.append(len(chunk))
+            self.entered.set()
+            assert self._opened.wait(30), "the test never opened the gate"
+            return original(encoded, chunk)
+
+        engine.forward = forward
+
+    def open(self) -> None:
+        self._opened.set()
+
+
 def test_concurrent_requests_share_forward_passes_and_get_their_own_results(engine: NLIEngine) -> None:
     expected = {i: engine.predict(_pairs(2, seed=i)) for i in range(12)}
     forwarded = _slow(engine, 0.05)
@@ -59,19 +81,22 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_results(engi
 
 
 def test_a_request_past_its_deadline_in_the_queue_is_dropped_uncomputed(engine: NLIEngine) -> None:
-    forwarded = _slow(engine, 0.4)
+    gate = _Gate(engine)
     batcher = MicroBatcher(engine, max_pairs=4, max_wait=0)
     blocker = threading.Thread(target=batcher.predict, args=(_pairs(4, seed=1),))
     blocker.start()
-    time.sleep(0.1)  # the batcher is busy with the blocker's forward pass
-    started = time.monotonic()
-    with pytest.raises(RequestTimedOut):
-        batcher.predict(_pairs(3, seed=2), Deadline(0.1))
-    assert time.monotonic() - started < 0.3, "answered at its deadline, not after the busy forward"
+    try:
+        assert gate.entered.wait(10), "the blocker's forward pass never started"  # the batcher is busy
+        started = time.monotonic()
+        with pytest.raises(RequestTimedOut):
+            batcher.predict(_pairs(3, seed=2), Deadline(0.1))
+        assert time.monotonic() - started < 0.5, "answered at its deadline, not after the busy forward"
+    finally:
+        gate.open()
     blocker.join()
-    time.sleep(0.1)
-    assert sum(forwarded) == 4, "only the blocker's pairs were computed, never the expired request's"
+    # Queued after the expired request, this one is gathered with it or after it.
     assert len(batcher.predict(_pairs(1, seed=3))) == 1, "the batcher keeps serving"
+    assert sum(gate.forwarded) == 4 + 1, f"{gate.forwarded}: the expired request's 3 pairs were computed"
 
 
 def test_a_failing_forward_reaches_every_request_of_the_batch(engine: NLIEngine) -> None:
@@ -104,23 +129,27 @@ def test_a_batch_whose_requests_all_gave_up_stops_between_chunks(engine: NLIEngi
     batcher = MicroBatcher(engine, max_pairs=32, max_wait=0)
     with pytest.raises(RequestTimedOut):
         batcher.predict(_pairs(20, seed=4), Deadline(0.3))
-    time.sleep(0.5)
-    assert len(forwarded) <= 4, f"kept computing {len(forwarded)} chunks for nobody"
+    # The batcher takes this one only once it has left the abandoned batch.
+    assert len(batcher.predict(_pairs(1, seed=5))) == 1
+    abandoned = forwarded[:-1]
+    assert len(abandoned) <= 4, f"kept computing {len(abandoned)} of 10 chunks for nobody"
 
 
 def test_a_full_queue_refuses_new_requests_at_once_and_accepts_them_again_once_drained(engine: NLIEngine) -> None:
-
-    _slow(engine, 0.3)
+    gate = _Gate(engine)
     batcher = MicroBatcher(engine, max_pairs=2, max_wait=0.0, max_queued_pairs=4)
     with ThreadPoolExecutor(4) as pool:
-        running = pool.submit(batcher.predict, _pairs(2, seed=0))  # taken by the batcher: not queued any more
-        time.sleep(0.1)
-        queued = [pool.submit(batcher.predict, _pairs(2, seed=i)) for i in (1, 2)]  # 4 pairs wait
-        time.sleep(0.1)
-        started = time.monotonic()
-        with pytest.raises(Overloaded, match="4 pairs are already queued"):
-            batcher.predict(_pairs(1, seed=3))
-        assert time.monotonic() - started < 0.05, "refused at once, not after waiting"
+        try:
+            running = pool.submit(batcher.predict, _pairs(2, seed=0))  # taken by the batcher: not queued any more
+            assert gate.entered.wait(10), "the first forward pass never started"
+            queued = [pool.submit(batcher.predict, _pairs(2, seed=i)) for i in (1, 2)]  # 4 pairs wait
+            wait_for(lambda: batcher._queued_pairs == 4, timeout=10, what="4 pairs queued")
+            started = time.monotonic()
+            with pytest.raises(Overloaded, match="4 pairs are already queued"):
+                batcher.predict(_pairs(1, seed=3))
+            assert time.monotonic() - started < 0.05, "refused at once, not after waiting"
+        finally:
+            gate.open()
         assert all(len(f.result()) == 2 for f in [running, *queued])
     assert len(batcher.predict(_pairs(3, seed=4))) == 3, "accepted again once the queue drained"
 

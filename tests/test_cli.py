@@ -149,11 +149,9 @@ def test_batch_zero_shot(tiny_server, tmp_path: Path) -> None:
     assert "6/6" in result.stderr and "pair/s" in result.stderr  # the bar counts pairs: rows x labels
 
 
-@pytest.mark.gunicorn
-def test_the_installed_command_serves_from_any_directory(model_dir: Path, tmp_path: Path) -> None:
+def test_the_installed_command_serves_from_any_directory(model_dir: Path, tmp_path: Path, services) -> None:
     """``pip install .`` then ``nli-service serve`` away from the source tree (Gunicorn's config is packaged)."""
     import requests
-    from serving import RunningService
 
     source, target, elsewhere = tmp_path / "source", tmp_path / "installed", tmp_path / "elsewhere"
     source.mkdir()
@@ -173,12 +171,10 @@ def test_the_installed_command_serves_from_any_directory(model_dir: Path, tmp_pa
     assert shown.returncode == 0 and "usage: nli-service" in shown.stdout
 
     pair = dict(zip(("premise", "hypothesis"), SAMPLE_PAIRS[0], strict=True))
-    with (tmp_path / "serve.out").open("w+") as output:  # a file, not a pipe nobody reads
-        process = subprocess.Popen([command, "serve"], cwd=elsewhere, env=env, stdout=output, stderr=subprocess.STDOUT)
-        service = RunningService(process=process, env=env, output_file=output)
-        try:
-            service.wait_ready()
-            assert requests.post(f"{service.url}/predict", json=pair, timeout=10).ok
-            assert requests.get(service.metrics_url, timeout=10).ok  # the packaged config's when_ready hook ran
-        finally:
-            assert service.stop() == 0
+    service = services.start([command, "serve"], env, cwd=elsewhere)
+    try:
+        service.wait_ready()
+        assert requests.post(f"{service.url}/predict", json=pair, timeout=10).ok
+        assert requests.get(service.metrics_url, timeout=10).ok  # the packaged config's when_ready hook ran
+    finally:
+        assert service.stop() == 0, service.output()

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from model_factory import SAMPLE_PAIRS
+from serving import wait_for
 
 from nli_service.client import (
     AsyncNLIClient,
@@ -75,8 +76,12 @@ def test_validation_errors_are_raised_with_the_servers_message_and_never_retried
         client.predict("", "a dog")
     assert raised.value.status == 400 and "premise must not be empty" in raised.value.message
     assert raised.value.request_id
-    time.sleep(0.2)
-    assert len([r for r in access_records(tiny_server, "/predict") if r["status"] == 400]) == before + 1
+
+    def refused() -> int:
+        return len([r for r in access_records(tiny_server, "/predict") if r["status"] == 400])
+
+    wait_for(lambda: refused() > before, timeout=10, what="the 400's access record")  # written after the answer
+    assert refused() == before + 1
 
 
 def test_submit_delivers_results_and_errors_to_the_callback_exactly_once(tiny_server) -> None:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from serving import GUNICORN, service_env, start
+from serving import GUNICORN, service_env
 
 from training import nli_data
 from training.evaluate import (
@@ -72,10 +72,10 @@ def test_readers_match_the_manifest_and_keep_training_and_evaluation_apart() -> 
 
 
 @needs_data
-def test_scores_over_http_equal_the_engines(model_dir: Path, tmp_path: Path) -> None:
+def test_scores_over_http_equal_the_engines(model_dir: Path, tmp_path: Path, services) -> None:
     pairs = [(e.premise, e.hypothesis) for e in nli_data.snli_test()[:150]]
     direct = engine_scorer(str(model_dir), batch_size=32)(pairs)
-    service = start(GUNICORN, service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path))
+    service = services.start(GUNICORN, service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path))
     try:
         service.wait_ready()
         served = http_scorer(service.url, chunk=64)(pairs)

@@ -16,11 +16,9 @@ import pytest
 import requests
 import torch
 from model_factory import SAMPLE_PAIRS, WORDS, build_model
-from serving import DEV_SERVER, GUNICORN, metric_sum, run_to_exit, running, scrape, service_env, start
+from serving import DEV_SERVER, GUNICORN, free_port, metric_sum, scrape, service_env, wait_for
 
 from nli_service.config import available_cores
-
-pytestmark = pytest.mark.gunicorn
 
 PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
 
@@ -37,13 +35,11 @@ def slow_model_dir(models_root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(slow_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(slow_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, module_services):
     log_dir = tmp_path_factory.mktemp("gunicorn-logs")
     env = service_env(NLI_MODEL=slow_model_dir, NLI_WORKERS=2, NLI_LOG_DIR=log_dir, NLI_REQUEST_TIMEOUT=1)
-    service = start(GUNICORN, env)
-    service.wait_ready()
-    yield service
-    service.stop()
+    with module_services.running(GUNICORN, env) as service:
+        yield service
 
 
 def log_records(service) -> list[dict]:
@@ -107,16 +103,23 @@ def test_gunicorns_own_messages_are_json_on_stderr_and_in_the_log_file(server) -
     def booted() -> list[dict]:
         return [r for r in log_records(server) if r["logger"] == "gunicorn.error" and "Booting worker" in r["message"]]
 
-    deadline = time.monotonic() + 30  # /ready answered once one worker was up; the other may still boot
-    while len(booted()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(booted()) >= 2 and all(r["level"] == "INFO" and r["pid"] for r in booted())
+    # /ready answered once one worker was up; the other may still boot
+    wait_for(lambda: len(booted()) >= 2, timeout=30, what="both workers booted")
+    assert all(r["level"] == "INFO" and r["pid"] for r in booted())
     stderr_lines = [line for line in server.output().splitlines() if '"gunicorn.error"' in line]
     assert stderr_lines and all(json.loads(line)["logger"] == "gunicorn.error" for line in stderr_lines)
     assert not [line for line in server.output().splitlines() if line.startswith("[")], "no plain-text Gunicorn lines"
 
 
+def gunicorn_messages(service, text: str) -> list[dict]:
+    return [r for r in log_records(service) if r["logger"] == "gunicorn.error" and text in r["message"]]
+
+
 def test_a_slow_request_is_408_and_the_worker_keeps_serving(server) -> None:
+    """Gunicorn's own worker timeout is longer than the 1 s request deadline: the request's
+    worker answers 408 itself and lives on (it is not killed and re-booted by the master)."""
+    wait_for(lambda: len(gunicorn_messages(server, "Booting worker")) >= 2, timeout=30, what="both workers booted")
+    booted_before = len(gunicorn_messages(server, "Booting worker"))
     before = scrape(server.metrics_url)
     started = time.monotonic()
     response = requests.post(f"{server.url}/batch-predict", json={"pairs": long_pairs(64)}, timeout=60)
@@ -132,6 +135,8 @@ def test_a_slow_request_is_408_and_the_worker_keeps_serving(server) -> None:
         metric_sum(after, "nli_request_total", status="408") - metric_sum(before, "nli_request_total", status="408")
         == 1
     )
+    assert not gunicorn_messages(server, "WORKER TIMEOUT"), "the master killed a worker"
+    assert len(gunicorn_messages(server, "Booting worker")) == booted_before, "no worker was replaced"
 
 
 def test_errors_are_json_over_real_http(server) -> None:
@@ -154,8 +159,8 @@ def test_errors_are_json_over_real_http(server) -> None:
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
 
 
-def test_sigterm_lets_in_flight_requests_finish(slow_model_dir: Path, tmp_path: Path) -> None:
-    service = start(GUNICORN, service_env(NLI_MODEL=slow_model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path))
+def test_sigterm_lets_in_flight_requests_finish(slow_model_dir: Path, tmp_path: Path, services) -> None:
+    service = services.start(GUNICORN, service_env(NLI_MODEL=slow_model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path))
     service.wait_ready()
     result: list[requests.Response] = []
     request = threading.Thread(
@@ -164,7 +169,8 @@ def test_sigterm_lets_in_flight_requests_finish(slow_model_dir: Path, tmp_path: 
         )
     )
     request.start()
-    time.sleep(0.5)  # the request is being computed
+    in_flight = lambda: metric_sum(scrape(service.metrics_url), "nli_requests_in_flight") == 1  # noqa: E731
+    wait_for(in_flight, what="the request in flight")
     service.process.send_signal(signal.SIGTERM)
     request.join()
     assert result[0].status_code == 200 and len(result[0].json()["results"]) == 24
@@ -176,28 +182,36 @@ def test_sigterm_lets_in_flight_requests_finish(slow_model_dir: Path, tmp_path: 
     [
         ({"NLI_MODEL": "/nonexistent/model"}, "does not exist"),
         ({"NLI_MODEL": "acme/not-cached", "HF_HUB_OFFLINE": "1"}, "not in the Hugging Face cache"),
-        ({"NLI_MODEL": "acme/not-cached"}, "hub is unreachable"),
+        ({"NLI_MODEL": "acme/not-cached"}, "hub is unreachable"),  # HF_ENDPOINT below
         ({"NLI_DEVICE": "cuda"}, "CUDA is not available"),  # no preload: the workers fail, the master stops
         ({"NLI_BATCH_SIZE": "zero"}, "NLI_BATCH_SIZE"),
         ({"NLI_LOG_DIR": "/dev/null/logs"}, "NLI_LOG_DIR='/dev/null/logs' cannot hold the log file"),
     ],
 )
 def test_a_service_that_cannot_start_exits_non_zero_with_the_reason(
-    settings: dict[str, str], expected: str, model_dir: Path, tmp_path: Path
+    settings: dict[str, str], expected: str, model_dir: Path, tmp_path: Path, services
 ) -> None:
-    defaults = {"NLI_MODEL": model_dir, "NLI_WORKERS": 2, "NLI_LOG_DIR": tmp_path, "HF_HOME": tmp_path / "hf"}
+    defaults = {
+        "NLI_MODEL": model_dir,
+        "NLI_WORKERS": 2,
+        "NLI_LOG_DIR": tmp_path,
+        "HF_HOME": tmp_path / "hf",  # an empty cache
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens: the hub is unreachable
+    }
     env = service_env(**{**defaults, **settings})
-    code, stderr, seconds = run_to_exit(GUNICORN, env)
+    code, stderr, seconds = services.run_to_exit(GUNICORN, env)
     assert code != 0
     assert "nli-service cannot start: " in stderr and expected in stderr
     assert stderr.count("cannot start") <= 2, "no worker re-spawn loop"
     assert seconds < 30
 
 
-def test_a_half_precision_checkpoint_is_served_in_float32_by_every_worker(models_root: Path, tmp_path: Path) -> None:
+def test_a_half_precision_checkpoint_is_served_in_float32_by_every_worker(
+    models_root: Path, tmp_path: Path, services
+) -> None:
     """The master loads fp16 weights without casting them; each worker casts after the fork."""
     folder = build_model(models_root / "fp16-served", dtype=torch.float16)
-    service = start(GUNICORN, service_env(NLI_MODEL=folder, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path))
+    service = services.start(GUNICORN, service_env(NLI_MODEL=folder, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path))
     try:
         service.wait_ready()
         assert requests.get(f"{service.url}/model", timeout=10).json()["dtype"] == "float32"
@@ -214,20 +228,24 @@ def test_a_half_precision_checkpoint_is_served_in_float32_by_every_worker(models
 
 
 @pytest.mark.parametrize("command", [GUNICORN, DEV_SERVER], ids=["gunicorn", "app.py"])
-def test_a_taken_metrics_port_stops_start_up_with_the_reason(command, model_dir: Path, tmp_path: Path) -> None:
+def test_a_taken_metrics_port_stops_start_up_with_the_reason(
+    command, model_dir: Path, tmp_path: Path, services
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_LOG_DIR=tmp_path, NLI_METRICS_PORT=port)
-        code, stderr, _ = run_to_exit(command, env)
+        code, stderr, _ = services.run_to_exit(command, env)
     assert code == 4
     assert f"nli-service cannot start: NLI_METRICS_PORT={port} cannot be served" in stderr
     assert "Traceback" not in stderr
 
 
-def test_python_app_py_serves_times_out_and_reports_metrics(slow_model_dir: Path, tmp_path: Path) -> None:
-    service = start(DEV_SERVER, service_env(NLI_MODEL=slow_model_dir, NLI_LOG_DIR=tmp_path, NLI_REQUEST_TIMEOUT=1))
+def test_python_app_py_serves_times_out_and_reports_metrics(slow_model_dir: Path, tmp_path: Path, services) -> None:
+    service = services.start(
+        DEV_SERVER, service_env(NLI_MODEL=slow_model_dir, NLI_LOG_DIR=tmp_path, NLI_REQUEST_TIMEOUT=1)
+    )
     try:
         service.wait_ready()
         assert requests.post(f"{service.url}/predict", json=PAIR, timeout=10).json()["label"]
@@ -241,7 +259,7 @@ def test_python_app_py_serves_times_out_and_reports_metrics(slow_model_dir: Path
         assert service.stop() == 0
 
 
-def test_gthread_workers_time_out_cooperatively(slow_model_dir: Path, tmp_path: Path) -> None:
+def test_gthread_workers_time_out_cooperatively(slow_model_dir: Path, tmp_path: Path, services) -> None:
     env = service_env(
         NLI_MODEL=slow_model_dir,
         NLI_WORKERS=1,
@@ -250,7 +268,7 @@ def test_gthread_workers_time_out_cooperatively(slow_model_dir: Path, tmp_path: 
         NLI_LOG_DIR=tmp_path,
         NLI_REQUEST_TIMEOUT=1,
     )
-    service = start(GUNICORN, env)
+    service = services.start(GUNICORN, env)
     try:
         service.wait_ready()
         slow = requests.post(f"{service.url}/batch-predict", json={"pairs": long_pairs(64)}, timeout=60)
@@ -264,13 +282,13 @@ def _pid_over_new_connection(session: requests.Session, url: str) -> int:
     return session.get(f"{url}/health", timeout=30).json()["pid"]
 
 
-def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tmp_path: Path) -> None:
+def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tmp_path: Path, services) -> None:
     """Gunicorn leaves the choice to the kernel, which can put every connection on one worker;
     here each new connection goes to the worker with the fewest open ones."""
     env = service_env(
         NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
     )
-    service = start(GUNICORN, env)
+    service = services.start(GUNICORN, env)
     try:
         service.wait_ready()
         seen: set[int] = set()
@@ -290,11 +308,11 @@ def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tm
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="lending cores needs two")
-def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path: Path) -> None:
+def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path: Path, services) -> None:
     env = service_env(
         NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
     )
-    with running(GUNICORN, env) as service, requests.Session() as client:
+    with services.running(GUNICORN, env) as service, requests.Session() as client:
         for _ in range(3):
             assert client.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
         assert metric_sum(scrape(service.metrics_url), "nli_borrowed_cores_passes_total") == 3

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -48,13 +51,73 @@ def test_an_uncached_hub_id_offline_fails_at_once_and_says_how_to_fix_it(empty_h
     assert "NLI_MODEL" in message
 
 
-def test_an_uncached_hub_id_online_gives_up_within_the_hub_timeout(empty_hub_cache: Path) -> None:
-    # This machine has no route to the hub; a machine with one would find no such repository.
+@pytest.fixture
+def local_hub(monkeypatch: pytest.MonkeyPatch):
+    """``local_hub(handler)``: the hub's API answered by ``handler`` (None: a hub that accepts
+    connections and never answers). Whether the real hub is reachable from here plays no part."""
+    from huggingface_hub import constants, hf_api
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    servers: list = []
+
+    def serve(handler: type[http.server.BaseHTTPRequestHandler] | None) -> None:
+        if handler is None:
+            silent = socket.create_server(("127.0.0.1", 0))  # listens; nobody ever accepts
+            servers.append(silent)
+            port = silent.getsockname()[1]
+        else:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+            port = server.server_address[1]
+        monkeypatch.setattr(hf_api.api, "endpoint", f"http://127.0.0.1:{port}")
+
+    yield serve
+    for server in servers:
+        if isinstance(server, socket.socket):
+            server.close()
+        else:
+            server.shutdown()
+            server.server_close()
+
+
+class _NoSuchRepository(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # what the hub answers for a repository that does not exist
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "Repository not found"}')
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_an_uncached_hub_id_gives_up_on_a_silent_hub_within_the_hub_timeout(empty_hub_cache: Path, local_hub) -> None:
+    local_hub(None)
     started = time.monotonic()
     with pytest.raises(ModelLoadError) as raised:
-        resolve_model("nli-service-tests/no-such-model", offline=False, hub_timeout=2)
-    assert time.monotonic() - started < 15
-    assert "no-such-model" in str(raised.value)
+        resolve_model("nli-service-tests/no-such-model", offline=False, hub_timeout=1)
+    assert time.monotonic() - started < 5, "the probe waited past NLI_HUB_TIMEOUT"
+    message = str(raised.value)
+    assert "no-such-model" in message and "the hub is unreachable" in message and "NLI_MODEL" in message
+
+
+def test_an_uncached_hub_id_the_hub_does_not_have_is_reported_as_such(empty_hub_cache: Path, local_hub) -> None:
+    local_hub(_NoSuchRepository)
+    with pytest.raises(ModelLoadError) as raised:
+        resolve_model("nli-service-tests/no-such-model", offline=False, hub_timeout=5)
+    message = str(raised.value)
+    assert "no-such-model" in message and "is not on the Hugging Face hub" in message
+    assert "RepositoryNotFoundError" in message
+
+
+def test_an_uncached_hub_id_with_the_hub_out_of_reach_fails_at_once(empty_hub_cache: Path) -> None:
+    # conftest.py points the hub at a closed local port: the connection is refused.
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match="the hub is unreachable"):
+        resolve_model("nli-service-tests/no-such-model", offline=False, hub_timeout=5)
+    assert time.monotonic() - started < 3
 
 
 @pytest.mark.parametrize("offline", [True, False])

@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,22 +16,9 @@ import pytest
 import requests
 from conftest import engine_of
 from model_factory import SAMPLE_PAIRS
-from serving import GUNICORN, free_port, metric_sum, running, scrape, service_env, start
-
-from nli_service.config import Settings
-from nli_service.server import hooks as gunicorn_hooks
-
-pytestmark = pytest.mark.gunicorn
+from serving import GUNICORN, PROJECT_ROOT, free_port, metric_sum, scrape, service_env, wait_for
 
 PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met after {timeout} s")
-        time.sleep(0.05)
 
 
 def worker_pids(master_pid: int) -> set[int]:
@@ -126,7 +111,7 @@ def seeded_metrics_dir(metrics_dir: Path) -> Path:
 # -- the metrics directory -------------------------------------------------------------
 
 
-def test_a_given_metrics_directory_is_emptied_at_start(model_dir: Path, tmp_path: Path) -> None:
+def test_a_given_metrics_directory_is_emptied_at_start(model_dir: Path, tmp_path: Path, services) -> None:
     metrics_dir = seeded_metrics_dir(tmp_path / "prometheus")
     from prometheus_client import CollectorRegistry, multiprocess
 
@@ -136,7 +121,7 @@ def test_a_given_metrics_directory_is_emptied_at_start(model_dir: Path, tmp_path
     assert registry.get_sample_value("nli_requests_in_flight") == 3
 
     env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
-    with running(GUNICORN, env) as service:
+    with services.running(GUNICORN, env) as service:
         samples = scrape(service.metrics_url)
         assert metric_sum(samples, "nli_request_total", endpoint="/predict") == 0
         assert metric_sum(samples, "nli_pairs_total") == 0
@@ -207,13 +192,16 @@ def test_a_worker_killed_in_flight_leaves_no_live_gauge_and_its_counts_stay(tiny
 
 SLOW_WARM_UP_CONF = """\
 from nli_service.server.gunicorn_conf import *  # noqa: F403 -- the real settings and hooks
+import os
 import time
+from pathlib import Path
 from nli_service.inference.engine import NLIEngine
 
 _warm_up = NLIEngine.warm_up
 
 
 def _slow_warm_up(self):
+    Path(os.environ["WARMING_UP_FILE"]).touch()  # tells the test the worker is in its warm-up
     time.sleep({seconds})
     _warm_up(self)
 
@@ -222,17 +210,18 @@ NLIEngine.warm_up = _slow_warm_up
 """
 
 
-def test_a_sigterm_while_a_worker_warms_up_stops_the_server_promptly(model_dir: Path, tmp_path: Path) -> None:
+def test_a_sigterm_while_a_worker_warms_up_stops_the_server_promptly(model_dir: Path, tmp_path: Path, services) -> None:
     """Gunicorn installs a worker's own signal handlers only after ``post_fork``: a SIGTERM
     that reaches a worker still warming up there is lost, and stopping waits out graceful_timeout."""
     config = tmp_path / "slow_warm_up_conf.py"
     config.write_text(SLOW_WARM_UP_CONF.format(seconds=2))
-    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path)  # graceful_timeout: 35 s
-    service = start([sys.executable, "-m", "gunicorn", "-c", str(config), "wsgi:app"], env)
+    warming_up = tmp_path / "warming-up"
+    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path, WARMING_UP_FILE=warming_up)
+    service = services.start([sys.executable, "-m", "gunicorn", "-c", str(config), "wsgi:app"], env)  # graceful: 35 s
     try:
-        wait_for(lambda: service.process.poll() is None and len(worker_pids(service.process.pid)) == 1, what="a worker")
-        time.sleep(0.5)  # the worker is in its 2 s warm-up
-        service.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: service.process.poll() is not None or warming_up.exists(), what="a worker warming up")
+        assert service.process.poll() is None, service.output()
+        service.process.send_signal(signal.SIGTERM)  # the worker is in its 2 s warm-up
         try:
             code = service.process.wait(15)
         except subprocess.TimeoutExpired:
@@ -245,11 +234,11 @@ def test_a_sigterm_while_a_worker_warms_up_stops_the_server_promptly(model_dir: 
 # -- the metrics port ----------------------------------------------------------------
 
 
-def test_metrics_port_zero_serves_without_any_metrics_port(model_dir: Path, tmp_path: Path) -> None:
+def test_metrics_port_zero_serves_without_any_metrics_port(model_dir: Path, tmp_path: Path, services) -> None:
     env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path)
     would_be_metrics_port = env["NLI_METRICS_PORT"]  # free, and what the service would otherwise use
     env["NLI_METRICS_PORT"] = "0"
-    with running(GUNICORN, env) as service:  # /ready answered 200
+    with services.running(GUNICORN, env) as service:  # /ready answered 200
         assert requests.post(f"{service.url}/predict", json=PAIR, timeout=10).status_code == 200
         assert service_ports(service) == {int(env["NLI_PORT"])}, "no port besides the HTTP one, not even a random one"
         with pytest.raises(requests.ConnectionError):
@@ -276,9 +265,11 @@ def test_inference_seconds_counts_every_forward_pass(tiny_server) -> None:
 
 
 @pytest.mark.parametrize("status", [200, 500])
-def test_the_alarm_is_disarmed_and_the_previous_handler_restored_after_a_200_and_a_500(
+def test_the_alarm_is_disarmed_after_a_200_and_a_500_and_the_services_handler_stays(
     make_app, monkeypatch, status: int
 ) -> None:
+    from nli_service.serving.deadline import ALARM
+
     app = make_app()
     engine = engine_of(app)
     original = engine.forward
@@ -290,7 +281,7 @@ def test_the_alarm_is_disarmed_and_the_previous_handler_restored_after_a_200_and
             raise RuntimeError("the forward pass failed")
         return original(encoded, chunk)
 
-    def previous_handler(signum, frame):  # stands for whatever handler the server had
+    def previous_handler(signum, frame):  # stands for whatever handler the process had
         raise AssertionError("the request's alarm reached the previous handler")
 
     monkeypatch.setattr(engine, "forward", forward)
@@ -305,8 +296,9 @@ def test_the_alarm_is_disarmed_and_the_previous_handler_restored_after_a_200_and
         signal.signal(signal.SIGALRM, handler_at_start)
     assert len(during) == 1
     handler_during, timer_during = during[0]
-    assert handler_during is not previous_handler and 0 < timer_during <= 30, "the request ran under SIGALRM"
-    assert handler_after is previous_handler
+    assert handler_during == ALARM.on_alarm and 0 < timer_during <= 30, "the request ran under SIGALRM"
+    # One handler for the worker's life: an alarm arriving late finds it, not the default action (which kills).
+    assert handler_after == ALARM.on_alarm
     assert timer_after == (0.0, 0.0)
     monkeypatch.undo()
     assert app.test_client().post("/predict", json=PAIR).status_code == 200
@@ -315,11 +307,13 @@ def test_the_alarm_is_disarmed_and_the_previous_handler_restored_after_a_200_and
 # -- the guide's command line ----------------------------------------------------------
 
 
-def test_the_guides_command_line_reads_gunicorn_conf_py_and_gets_the_hooks(model_dir: Path, tmp_path: Path) -> None:
+def test_the_guides_command_line_reads_gunicorn_conf_py_and_gets_the_hooks(
+    model_dir: Path, tmp_path: Path, services
+) -> None:
     env = service_env(NLI_MODEL=model_dir, NLI_LOG_DIR=tmp_path)  # NLI_WORKERS, NLI_PORT: overridden by -w, -b
     bind_port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{bind_port}", "app:app"]
-    service = start(command, env)  # from the project root, where ./gunicorn.conf.py is
+    service = services.start(command, env)  # from the project root, where ./gunicorn.conf.py is
     service.env = {**env, "NLI_PORT": str(bind_port)}
     try:
         service.wait_ready()
@@ -340,9 +334,41 @@ def test_the_guides_command_line_reads_gunicorn_conf_py_and_gets_the_hooks(model
 # -- Gunicorn's timeouts ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_timeout", ["0.2", "1", "29.5", "30", "600"])
-def test_gunicorn_waits_longer_than_the_request_deadline(request_timeout: str) -> None:
-    settings = Settings.from_env({"NLI_REQUEST_TIMEOUT": request_timeout})
-    assert settings.request_timeout == float(request_timeout)
-    assert gunicorn_hooks.worker_timeout(settings) > settings.request_timeout
-    assert gunicorn_hooks.graceful_timeout(settings) >= settings.request_timeout
+GUNICORN_CONFIG_PROBE = """\
+import json, os, sys
+from gunicorn.app.base import Application
+
+
+class Probe(Application):  # reads a config file the way `gunicorn -c` does; loads no app
+    def load_config(self):
+        self.load_config_from_file("gunicorn.conf.py")
+
+    def load(self):
+        raise AssertionError("not served")
+
+
+seen = {}
+for request_timeout in sys.argv[1:]:
+    os.environ["NLI_REQUEST_TIMEOUT"] = request_timeout
+    sys.modules.pop("nli_service.server.gunicorn_conf", None)  # gunicorn.conf.py re-exports it
+    cfg = Probe().cfg
+    seen[request_timeout] = [cfg.timeout, cfg.graceful_timeout]
+print(json.dumps(seen))
+"""
+
+
+def test_gunicorn_is_configured_to_wait_longer_than_the_request_deadline(tmp_path: Path) -> None:
+    """What Gunicorn itself reads from gunicorn.conf.py: its worker timeout (after which it kills
+    a busy worker) exceeds the request deadline, and SIGTERM waits out a whole deadline. The
+    behaviour itself: test_gunicorn.py::test_a_slow_request_is_408_and_the_worker_keeps_serving."""
+    deadlines = ["0.2", "1", "29.5", "30", "600"]
+    env = {**service_env(PROMETHEUS_MULTIPROC_DIR=tmp_path / "prometheus"), "PYTHONPATH": str(PROJECT_ROOT)}
+    probe = [sys.executable, "-c", GUNICORN_CONFIG_PROBE, *deadlines]
+    result = subprocess.run(probe, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    for deadline in deadlines:
+        worker_timeout, graceful_timeout = seen[deadline]
+        assert worker_timeout > float(deadline) + 5, f"NLI_REQUEST_TIMEOUT={deadline}: timeout {worker_timeout}"
+        assert graceful_timeout >= float(deadline), f"NLI_REQUEST_TIMEOUT={deadline}: graceful {graceful_timeout}"
+    assert seen["0.2"] != seen["600"], "the timeouts follow NLI_REQUEST_TIMEOUT"
