@@ -1,14 +1,14 @@
 """Backends run one padded batch: ``backend(inputs) -> float32 logits``.
 
-- ``torch``: the transformers model; ``int8`` applies dynamic quantisation to its
-  Linear layers, smoothed and with outlier channels in float32 when calibrated on
-  ``calibration_data`` (see ``torch_int8``; the calibration runs once, in a separate
-  process, and is cached on disk like the ONNX export).
+- ``torch``: the transformers model itself, in float32 / float16 / bfloat16. It has no int8
+  mode: torch 2.13's only CPU dynamic-int8 API (``torch.ao.quantization.quantize_dynamic``)
+  is deprecated, so int8 is ONNX int8 (``NLI_QUANTIZE=int8`` picks the onnx backend).
 - ``onnx``: ONNX Runtime with full graph optimisation; ``int8`` uses ORT's dynamic
-  quantisation after SmoothQuant-style smoothing calibrated on ``calibration_data``
-  (see ``onnx_export``). The ONNX file is exported once, in a separate process, and
-  cached on disk under a key of the model's files, the calibration file and the
-  settings, so workers never re-export.
+  quantisation after the smoothing and outlier recipe of :mod:`nli_service.inference.int8`,
+  calibrated on ``calibration_data`` (see ``onnx_export``). The ONNX file is exported once,
+  in a separate process (killed after ``BUILD_TIMEOUT`` seconds), and cached on disk under a
+  key of the sha256 of the model's files, of the calibration file and of the settings, so
+  workers never re-export. A cached file ONNX Runtime cannot open is rebuilt once.
 
 Anything that runs the model, casts or quantises happens in :meth:`start`, which
 is called in each worker after the fork: the Gunicorn master only loads weights.
@@ -18,19 +18,26 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from nli_service.inference import int8
+
 log = logging.getLogger(__name__)
 
-ONNX_OPSET = 17
-INT8_SCHEME = "smoothed-a0.8-outliers8-v2"  # part of the cache key: change it when onnx_export's int8 recipe changes
+ONNX_OPSET = 18
+EXPORTER = "dynamo"  # part of the cache key, with the opset: torch.onnx.export(..., dynamo=True)
+BUILD_TIMEOUT = 600.0
+"""Seconds an export child process may take before it is killed and loading fails."""
+_RACY_SECONDS = 2.0  # a file changed this recently may change again within one timestamp tick: never memoised
 
 
 class Backend(Protocol):
@@ -44,68 +51,89 @@ class Backend(Protocol):
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
+def choose_backend(backend: str, quantize: str) -> str:
+    """The backend to run: ``auto`` is torch, or onnx for int8; torch with int8 is refused (ValueError)."""
+    if backend == "auto":
+        return "onnx" if quantize == "int8" else "torch"
+    if backend == "torch" and quantize == "int8":
+        raise ValueError(
+            "NLI_BACKEND=torch with NLI_QUANTIZE=int8 is not supported (int8 runs on ONNX Runtime):"
+            " use NLI_BACKEND=onnx or leave NLI_BACKEND unset"
+        )
+    return backend
+
+
 class TorchBackend:
-    """The transformers model itself in ``dtype``, optionally dynamically quantised to int8 (CPU)."""
+    """The transformers model itself, computing in ``dtype``."""
 
     name = "torch"
+    quantize = "none"
+    quantization = "none"
 
-    def __init__(
-        self,
-        model: Any,
-        quantize: str = "none",
-        dtype: torch.dtype | None = None,
-        model_path: str | None = None,
-        calibration_data: str | None = None,
-    ) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
         self.model = model
-        self.quantize = quantize
-        self.quantization = "dynamic int8, per-tensor weight scales" if quantize == "int8" else "none"
         self.dtype = dtype or model.dtype
-        ready = quantize == "none" and model.dtype == self.dtype
-        self._runnable = model if ready else None
-        self.calibration: Path | None = None
-        calibration = _calibration_file(quantize, calibration_data)
-        if calibration is not None and model_path is not None:
-            key = f"{_model_key(model_path)}-torch-int8-{INT8_SCHEME}-{_files_fingerprint([calibration])}"
-            self.calibration = onnx_cache_dir() / key / "calibration.pt"
-            command = ["-m", "nli_service.inference.torch_int8", model_path, str(self.calibration)]
-            _build_once(self.calibration, [*command, "--calibration", str(calibration)], "int8 calibration")
-            self.quantization = f"smoothed dynamic int8, calibrated on {calibration.name} ({INT8_SCHEME})"
+        self._runnable = model if model.dtype == self.dtype else None
 
     def start(self, threads: int) -> None:
         if self._runnable is not None:
             return
         if self.model.dtype != self.dtype:
             self.model.to(self.dtype)
-        if self.quantize == "int8":
-            from nli_service.inference import torch_int8
-
-            calibration = torch.load(self.calibration) if self.calibration is not None else None
-            self._runnable = torch_int8.quantize(self.model, calibration)
-        else:
-            self._runnable = self.model
+        self._runnable = self.model
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self._runnable is None:  # used before start(): cast / quantise now
+        if self._runnable is None:  # used before start(): cast now
             self.start(torch.get_num_threads())
         device = self.model.device
         with torch.inference_mode():
             return self._runnable(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
+def onnx_cache_dir() -> Path:
+    """Where ONNX exports (with their int8 calibration) are cached (``NLI_ONNX_CACHE``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nli-service" / "onnx"
+    return Path(os.environ.get("NLI_ONNX_CACHE", default))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the contents of ``path``.
+
+    Remembered on disk (in the cache folder) under the file's device, inode, size, mtime and
+    ctime: rewriting a file changes its ctime even when its size and mtime are put back, so a
+    changed file is always hashed again. A file changed in the last ``_RACY_SECONDS`` is hashed
+    every time (a second change within one timestamp tick could leave every stamp equal)."""
+    stat = path.stat()
+    stamp = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    memo = onnx_cache_dir() / "digests" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    try:
+        remembered = json.loads(memo.read_text())
+        if remembered["stamp"] == stamp:
+            return remembered["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    if time.time() - stat.st_ctime_ns / 1e9 > _RACY_SECONDS:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            partial = memo.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps({"stamp": stamp, "sha256": digest.hexdigest()}))
+            os.replace(partial, memo)
+        except OSError:
+            pass  # only a memo: the next start hashes again
+    return digest.hexdigest()
+
+
 def _files_fingerprint(files: list[Path]) -> str:
+    """A digest of the names and contents of ``files`` (dot files and folders left out)."""
     digest = hashlib.sha256()
     for file in sorted(files):
         if file.is_file() and not file.name.startswith("."):
-            stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{file.name}:{file_digest(file)}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def onnx_cache_dir() -> Path:
-    """Where ONNX exports and int8 calibrations are cached (``NLI_ONNX_CACHE``)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nli-service" / "onnx"
-    return Path(os.environ.get("NLI_ONNX_CACHE", default))
 
 
 def _model_key(model_path: str) -> str:
@@ -118,18 +146,38 @@ def _calibration_file(quantize: str, calibration_data: str | None) -> Path | Non
     return calibration if quantize == "int8" and calibration and calibration.is_file() else None
 
 
-def _build_once(path: Path, arguments: list[str], what: str) -> None:
+def _build_once(
+    path: Path, arguments: list[str], what: str, timeout: float | None = None, discard: tuple | None = None
+) -> None:
     """Create ``path`` by running ``python ARGUMENTS`` in a child process, unless it exists;
-    one builder at a time, the others then find the file."""
+    one builder at a time, the others then find the file. ``discard``: the ``_identity`` of a
+    copy of ``path`` found unusable, deleted first if it is still there. The child is killed
+    after ``timeout`` seconds (default ``BUILD_TIMEOUT``) and a RuntimeError says so."""
+    timeout = BUILD_TIMEOUT if timeout is None else timeout
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if discard is not None and _identity(path) == discard:
+            path.unlink()
         if path.is_file():
             return
         log.info(f"building the {what}", extra={"path": str(path)})
-        result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
+        try:
+            result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"{what} did not finish within {timeout:g} s and was stopped (building {path})"
+            ) from None
         if result.returncode != 0:
             raise RuntimeError(f"{what} failed: {result.stderr.strip().splitlines()[-1:]}")
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 class OnnxBackend:
@@ -147,24 +195,42 @@ class OnnxBackend:
         variant = quantize
         self.quantization = "dynamic int8, per-channel weight scales" if quantize == "int8" else "none"
         if self.calibration is not None:
-            variant = f"{quantize}-{INT8_SCHEME}-{_files_fingerprint([self.calibration])}"
-            self.quantization = f"smoothed dynamic int8, calibrated on {self.calibration.name} ({INT8_SCHEME})"
-        self.path = onnx_cache_dir() / f"{_model_key(model_path)}-opset{ONNX_OPSET}-{variant}" / "model.onnx"
+            variant = f"{quantize}-{int8.SCHEME}-{_files_fingerprint([self.calibration])}"
+            self.quantization = f"smoothed dynamic int8, calibrated on {self.calibration.name} ({int8.SCHEME})"
+        key = f"{_model_key(model_path)}-opset{ONNX_OPSET}-{EXPORTER}-{variant}"
+        self.path = onnx_cache_dir() / key / "model.onnx"
         command = ["-m", "nli_service.inference.onnx_export", model_path, str(self.path)]
-        command += ["--quantize", quantize, "--inputs", ",".join(input_names)]
+        command += ["--quantize", quantize, "--inputs", ",".join(input_names), "--opset", str(ONNX_OPSET)]
         if self.calibration is not None:
             command += ["--calibration", str(self.calibration)]
         _build_once(self.path, command, "ONNX export")
+        found = _identity(self.path)
+        try:
+            self._open(threads=1, optimise=False)
+        except Exception as error:  # noqa: BLE001 -- ORT's own exception types (InvalidProtobuf, Fail, ...)
+            log.warning(
+                "the cached ONNX model cannot be opened: rebuilding it",
+                extra={"path": str(self.path), "error": str(error).splitlines()[0] if str(error) else repr(error)},
+            )
+            _build_once(self.path, command, "ONNX export", discard=found)
+            try:
+                self._open(threads=1, optimise=False)
+            except Exception as again:  # noqa: BLE001
+                raise RuntimeError(f"the ONNX model {self.path} cannot be opened, even rebuilt: {again}") from None
         self._session: Any = None
 
-    def start(self, threads: int) -> None:
+    def _open(self, threads: int, optimise: bool = True) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        options.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def start(self, threads: int) -> None:
+        self._session = self._open(threads)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self._session is None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
+from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend, choose_backend
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
     ModelLoadError,
@@ -67,8 +67,8 @@ class Encoded:
 
 
 FORWARD_OVERHEAD_TOKENS = 32
-"""What one more forward pass costs, in padded tokens (≈ 15 measured on 2 CPU cores; kept
-on the side of fewer, larger passes)."""
+"""What one more forward pass costs, in padded tokens (docs/performance.md has the measurement;
+kept on the side of fewer, larger passes)."""
 
 
 def plan_chunks(lengths: Sequence[int], max_pairs: int, max_tokens: int, sort: bool = True) -> list[list[int]]:
@@ -154,7 +154,7 @@ class NLIEngine:
         *,
         device: str = "auto",
         dtype: str = "auto",
-        backend: str = "torch",
+        backend: str = "auto",
         quantize: str = "none",
         offline: bool = False,
         hub_timeout: float = 5.0,
@@ -164,6 +164,10 @@ class NLIEngine:
     ) -> NLIEngine:
         """Find and load ``model`` (hub id, folder or ``bundled``); raises :class:`ModelLoadError`."""
         started = time.perf_counter()
+        try:
+            backend = choose_backend(backend, quantize)  # auto: torch, or onnx for int8
+        except ValueError as error:
+            raise ModelLoadError(str(error)) from None
         source = resolve_model(model, offline=offline, hub_timeout=hub_timeout, fallback=fallback)
         torch_device = resolve_device(device)
         if torch_device.type != "cpu" and (backend != "torch" or quantize != "none"):
@@ -175,7 +179,7 @@ class NLIEngine:
             if backend == "onnx":
                 runner: Backend = OnnxBackend(source.path, inputs, quantize, calibration_data)
             else:
-                runner = TorchBackend(network, quantize, torch_dtype, source.path, calibration_data)
+                runner = TorchBackend(network, torch_dtype)
         except RuntimeError as error:
             raise ModelLoadError(str(error)) from None
         try:

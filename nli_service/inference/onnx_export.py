@@ -4,23 +4,21 @@
 The service runs this in a child process so that tracing the model never happens
 in the Gunicorn master; the result is written atomically.
 
+The export uses torch's maintained exporter (``torch.onnx.export(..., dynamo=True)``: torch.export,
+then onnxscript), with dynamic batch and sequence axes.
+
 ``int8`` is ORT dynamic quantisation (int8 per-channel weights, one uint8 scale per
-activation tensor) of the MatMuls, preceded by SmoothQuant-style smoothing
-(Xiao et al. 2023): per input channel ``s = max|x|^alpha / max|w|^(1 - alpha)``
-from calibration activations, weight rows multiplied by ``s`` and the activation
-divided by ``s`` (a ``Mul`` before each MatMul or group of MatMuls sharing an input).
-In each FFN down-projection the few input channels with the largest calibration
-activations are split off (LLM.int8()-style, Dettmers et al. 2022): the ``Mul`` zeroes
-them on the int8 path, so they no longer set its scale, and a small float32 MatMul
-adds their part back. Both steps leave the float32 function unchanged. Calibration
-uses the first pairs of a premise/hypothesis TSV (``NLI_CALIBRATION_DATA``: SNLI
-validation, never test); without one it falls back to plain dynamic quantisation.
+activation tensor) of the MatMuls, after the recipe of :mod:`nli_service.inference.int8`:
+SmoothQuant-style smoothing (a ``Mul`` by ``1 / s`` before each MatMul or group of MatMuls
+sharing an input, weight rows multiplied by ``s``) and, in each FFN down-projection, the
+outlier input channels zeroed on the int8 path and added back by a small float32 MatMul.
+Both steps leave the float32 function unchanged. Without calibration data it falls back
+to plain dynamic quantisation.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -32,13 +30,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from nli_service.inference import int8
 from nli_service.inference.loader import model_length_limit
 
-CALIBRATION_PAIRS = 512
-CALIBRATION_BATCH = 32
-SMOOTH_ALPHA = 0.8
-OUTLIER_CHANNELS = 8
-"""Input channels of each FFN down-projection computed in float32 beside its int8 MatMul."""
+ONNX_OPSET = 18  # the dynamo exporter's own opset (lower ones go through a version converter)
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -49,33 +44,6 @@ class _LogitsOnly(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.model(**dict(zip(self.input_names, tensors, strict=True))).logits
-
-
-def calibration_pairs(path: Path | None, limit: int = CALIBRATION_PAIRS) -> list[tuple[str, str]]:
-    """The first ``limit`` labelled pairs of the TSV at ``path``, or none if there is no such file."""
-    if path is None or not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file, delimiter="\t")
-        rows = [(r["premise"], r["hypothesis"]) for r in reader if r.get("label") in ("0", "1", "2")]
-    return rows[:limit]
-
-
-def calibration_batches(
-    tokenizer: Any, pairs: list[tuple[str, str]], input_names: list[str], max_length: int
-) -> list[dict]:
-    """``pairs`` in length-sorted batches, each padded to its longest pair."""
-    if not pairs:
-        return []
-    premises, hypotheses = [p for p, _ in pairs], [h for _, h in pairs]
-    encoded = tokenizer(premises, hypotheses, truncation="longest_first", max_length=max_length, padding=False)
-    order = sorted(range(len(pairs)), key=lambda i: len(encoded["input_ids"][i]), reverse=True)
-    batches = []
-    for start in range(0, len(order), CALIBRATION_BATCH):
-        chunk = order[start : start + CALIBRATION_BATCH]
-        padded = tokenizer.pad({name: [encoded[name][i] for i in chunk] for name in input_names}, return_tensors="np")
-        batches.append({name: padded[name].astype(np.int64) for name in input_names})
-    return batches
 
 
 def _weighted_matmuls(model: Any) -> dict[str, list[Any]]:
@@ -103,12 +71,13 @@ def _activation_maxima(model: Any, names: list[str], batches: list[dict]) -> dic
     maxima: dict[str, np.ndarray] = {}
     for batch in batches:
         for name, value in zip(names, session.run(names, batch), strict=True):
-            channel_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
-            maxima[name] = np.maximum(maxima[name], channel_max) if name in maxima else channel_max
+            maxima[name] = int8.channel_maxima(value, maxima.get(name))
     return maxima
 
 
-def smooth(model: Any, batches: list[dict], alpha: float = SMOOTH_ALPHA, outliers: int = OUTLIER_CHANNELS) -> list[str]:
+def smooth(
+    model: Any, batches: list[dict], alpha: float = int8.SMOOTH_ALPHA, outliers: int = int8.OUTLIER_CHANNELS
+) -> list[str]:
     """Smooth every weighted MatMul group of ``model`` in place and split the ``outliers``
     largest input channels of each FFN down-projection off to float32; the names of the
     MatMuls to keep float."""
@@ -121,11 +90,11 @@ def smooth(model: Any, batches: list[dict], alpha: float = SMOOTH_ALPHA, outlier
     keep_float: list[str] = []
     for tensor, matmuls in groups.items():
         weights = [numpy_helper.to_array(inits[node.input[1]]) for node in matmuls]
-        w_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
-        scale = np.clip(np.maximum(maxima[tensor], 1e-5) ** alpha / w_max ** (1 - alpha), 1e-3, 1e3)
+        scale = int8.smoothing_scale(maxima[tensor], weights, alpha)
         inverse = (1 / scale).astype(np.float32)
-        down_projection = weights[0].shape[0] > weights[0].shape[1]  # FFN: intermediate -> hidden
-        split = np.sort(np.argsort(maxima[tensor])[-outliers:]) if down_projection and outliers else None
+        split = int8.outlier_channels(maxima[tensor], outliers) if int8.is_down_projection(weights[0]) else None
+        if split is not None and not len(split):
+            split = None
         if split is not None:
             inverse[split] = 0.0  # the int8 path sees these channels as zeros
         for node, weight in zip(matmuls, weights, strict=True):
@@ -198,26 +167,38 @@ def export(
     sample = tokenizer(
         ["a premise to trace", "a longer premise to trace the model"], ["a", "b c"], padding=True, return_tensors="pt"
     )
-    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    with tempfile.TemporaryDirectory(dir=output.parent) as work, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    dynamic = torch.export.Dim.DYNAMIC
+    # One spec per positional tensor of _LogitsOnly.forward(*tensors): batch and sequence vary.
+    # (Dim.DYNAMIC, not one named Dim per axis: a name shared by several inputs makes the exporter
+    # warn that it drops the name.)
+    shapes = (tuple({0: dynamic, 1: dynamic} for _ in input_names),)
+    with tempfile.TemporaryDirectory(dir=output.parent) as work:
         plain = Path(work) / "model.onnx"
-        torch.onnx.export(
-            _LogitsOnly(model, input_names),
-            tuple(sample[name] for name in input_names),
-            str(plain),
-            input_names=input_names,
-            output_names=["logits"],
-            dynamic_axes={**axes, "logits": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # torch 2.13's own torch.export code (torch.utils._pytree) still checks isinstance(..., LeafSpec),
+            # which that same release deprecates: nothing this module does or could change. Only that
+            # message is hidden; every other warning of the export reaches stderr.
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
+            torch.onnx.export(
+                _LogitsOnly(model, input_names).eval(),
+                tuple(sample[name] for name in input_names),
+                str(plain),
+                input_names=input_names,
+                output_names=["logits"],
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
         final = plain
         if quantize == "int8":
             final = Path(work) / "model.int8.onnx"
             limit = model_length_limit(tokenizer, model.config)
-            pairs = calibration_pairs(calibration)
-            quantize_int8(plain, final, calibration_batches(tokenizer, pairs, input_names, limit))
+            pairs = int8.calibration_pairs(calibration)
+            quantize_int8(plain, final, int8.calibration_batches(tokenizer, pairs, input_names, limit))
         os.replace(final, output)
 
 
@@ -227,7 +208,7 @@ def main() -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--inputs", default="input_ids,attention_mask", help="model input names, comma-separated")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET)
     parser.add_argument("--calibration", type=Path, help="premise/hypothesis TSV calibrating int8 (else plain int8)")
     args = parser.parse_args()
     export(args.model_dir, args.output, args.inputs.split(","), args.quantize, args.opset, args.calibration)
