@@ -44,15 +44,16 @@ def _zero_shot_options(labels: str, template: str, text: str = "text") -> tuple[
 
     ``text`` defaults to a stand-in: ``batch`` rows' texts are checked by the service.
     """
-    from nli_service.api.errors import ApiError
-    from nli_service.api.payloads import MAX_ZERO_SHOT_LABELS, parse_zero_shot
+    from nli_service.schemas import MAX_ZERO_SHOT_LABELS, Limits, RequestError, ZeroShotRequest, validate
 
     body = {"text": text, "labels": [label.strip() for label in labels.split(",") if label.strip()]}
     try:
-        request = parse_zero_shot({**body, "hypothesis_template": template}, max_pairs=MAX_ZERO_SHOT_LABELS)
-    except ApiError as error:
+        request = validate(
+            ZeroShotRequest, {**body, "hypothesis_template": template}, Limits(max_pairs=MAX_ZERO_SHOT_LABELS)
+        )
+    except RequestError as error:
         raise UsageError(error.message) from None
-    return request.labels, request.template
+    return request.labels, request.hypothesis_template
 
 
 # -- one pair / one text ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 
 from nli_service import logs
-from nli_service.api import errors, health, predict, request_log, request_metrics, service, zero_shot
+from nli_service.api import errors, health, openapi, predict, request_log, request_metrics, service, zero_shot
 from nli_service.config import Settings
 
 
@@ -42,4 +42,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(predict.bp)
     app.register_blueprint(zero_shot.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     return app

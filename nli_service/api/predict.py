@@ -5,23 +5,29 @@ from __future__ import annotations
 from flask import Blueprint
 
 from nli_service.api import payloads, request_log, service
+from nli_service.inference import types
+from nli_service.schemas import BatchPredictRequest, BatchPredictResponse, Prediction, PredictRequest, PredictResponse
 
 bp = Blueprint("predict", __name__)
+
+
+def _prediction(prediction: types.Prediction) -> Prediction:
+    return Prediction(label=prediction.label, scores=prediction.scores)
 
 
 @bp.post("/predict")
 def predict() -> dict:
     """Classify one premise/hypothesis pair."""
-    pair = payloads.parse_pair(payloads.read_json_object())
+    pair = payloads.read(PredictRequest).pair()
     nli = service.current_service()
     [prediction] = nli.predict([pair], request_log.account_for([pair]))
-    return {**payloads.encode_prediction(prediction), "model": nli.model_id}
+    return PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id).model_dump()
 
 
 @bp.post("/batch-predict")
 def batch_predict() -> dict:
     """Classify many pairs; results come back in input order."""
-    pairs = payloads.parse_pairs(payloads.read_json_object(), service.settings().max_pairs)
+    pairs = payloads.read(BatchPredictRequest).to_pairs()
     nli = service.current_service()
     predictions = nli.predict(pairs, request_log.account_for(pairs))
-    return {"results": [payloads.encode_prediction(prediction) for prediction in predictions], "model": nli.model_id}
+    return BatchPredictResponse(results=[_prediction(p) for p in predictions], model=nli.model_id).model_dump()

@@ -6,6 +6,7 @@ from flask import Blueprint
 
 from nli_service.api import payloads, request_log, service
 from nli_service.inference.types import zero_shot_pairs
+from nli_service.schemas import ZeroShotBatchResponse, ZeroShotRequest, ZeroShotResponse, ZeroShotResult
 
 bp = Blueprint("zero_shot", __name__)
 
@@ -13,10 +14,12 @@ bp = Blueprint("zero_shot", __name__)
 @bp.post("/zero-shot")
 def zero_shot() -> dict:
     """Labels sorted by score for ``text`` (or for each of ``texts``)."""
-    request = payloads.parse_zero_shot(payloads.read_json_object(), service.settings().max_pairs)
+    request = payloads.read(ZeroShotRequest)  # also bounds texts x labels and the expanded characters
+    texts, labels, template = request.all_texts(), request.labels, request.hypothesis_template
     nli = service.current_service()
-    received_at = request_log.account_for(zero_shot_pairs(request.texts, request.labels, request.template))
-    results = nli.zero_shot(request.texts, request.labels, request.template, request.multi_label, received_at)
+    received_at = request_log.account_for(zero_shot_pairs(texts, labels, template))
+    results = nli.zero_shot(texts, labels, template, request.multi_label, received_at)
     if request.many:
-        return {"results": [payloads.encode_zero_shot(result) for result in results], "model": nli.model_id}
-    return {**payloads.encode_zero_shot(results[0]), "model": nli.model_id}
+        answers = [ZeroShotResult(labels=result.labels, scores=result.scores) for result in results]
+        return ZeroShotBatchResponse(results=answers, model=nli.model_id).model_dump()
+    return ZeroShotResponse(labels=results[0].labels, scores=results[0].scores, model=nli.model_id).model_dump()

@@ -39,6 +39,19 @@ class ZeroShotResult:
 
 
 def zero_shot_pairs(texts: Sequence[str], labels: Sequence[str], template: str) -> list[Pair]:
-    """One pair per (text, label): the text against ``template.format(label)``, texts major."""
-    statements = [template.format(label) for label in labels]
+    """One pair per (text, label): the text against the template with the label in its ``{}``, texts major.
+
+    The same statement as ``template.format(label)`` (``{{`` and ``}}`` are literal braces), but
+    the template is only parsed, never formatted: ``ValueError`` unless it holds exactly one bare
+    ``{}`` (no field name, index, attribute, conversion or format spec).
+    """
+    import string
+
+    parsed = list(string.Formatter().parse(template))
+    slots = [index for index, (_, name, _, _) in enumerate(parsed) if name is not None]
+    if len(slots) != 1 or parsed[slots[0]][1:] != ("", "", None):
+        raise ValueError(f'a zero-shot template must hold exactly one bare "{{}}", got {template[:80]!r}')
+    before = "".join(literal for literal, _, _, _ in parsed[: slots[0] + 1])
+    after = "".join(literal for literal, _, _, _ in parsed[slots[0] + 1 :])
+    statements = [before + label + after for label in labels]
     return [Pair(text, statement) for text in texts for statement in statements]
