@@ -1,6 +1,6 @@
 """``make bench`` / ``python -m bench``: every figure below comes from one run, side by side.
 
-1. The backends (torch fp32 / int8, ONNX fp32 / int8) against torch fp32: agreement, and
+1. The backends (torch fp32, ONNX fp32 / int8) against torch fp32: agreement, and
    speed in 6 round-robin rounds spread over minutes (3 here, one before each round of the
    default service), each backend's ratio to torch fp32 taken within a round. A long-tail
    workload, length-sorted vs input order.
@@ -42,7 +42,7 @@ from nli_service.inference.types import NLI_LABELS, Pair
 
 CORES = available_cores()
 DEFAULT_WORKERS = default_layout(CORES).workers  # what `make run` starts on this machine
-VARIANTS = ("torch/none", "torch/int8", "onnx/none", "onnx/int8")  # backend/quantize, compared side by side
+VARIANTS = ("torch/none", "onnx/none", "onnx/int8")  # backend/quantize, compared side by side (int8 is ONNX int8)
 REFERENCE = "torch/none"
 ENGINE_ROUNDS = 3  # backend rounds before the default service; one more before each of its rounds
 RAW_PAIRS = 128  # the raw engine's pairs: the first single-pair bodies the service is sent
@@ -370,7 +370,6 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ),
         # Agreement on trained weights is judged by `make eval --compare-backends` (random weights here).
         ("ONNX int8 / torch fp32 (raw, batch 32, same rounds)", speed["onnx/int8"], 2.5),
-        ("torch int8 / torch fp32 (raw, batch 32, same rounds)", speed["torch/int8"], 2.5),
         ("4 workers' PSS / one process (lower is better)", naive["pss_mib"]["total"] / result["single_pss_mib"], 1.5),
         ("p99 at c=1 / raw batch-1 p99 latency, same pairs (lower is better)", c1_p99 / raw["batch_1_p99_ms"], 1.3),
         ("long tail: sorted / unsorted, both batch 8 (the naive set-up's)", tail["sorted_b8"] / tail["unsorted_b8"], 3.0),
@@ -442,7 +441,7 @@ def render(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or hub id (default: a generated distilroberta-base-sized model)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="auto: onnx for int8")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
     parser.add_argument("--seconds", type=float, default=8, help="seconds per measured workload")
     args = parser.parse_args()
