@@ -309,3 +309,78 @@ def test_http_layer_never_imports_torch() -> None:
 def test_engine_never_imports_flask() -> None:
     code = "import sys; import nli_service.inference.engine; sys.exit('flask' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+# -- one schema: strict types, unknown fields, zero-shot templates and limits ---------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/predict", {"premise": 1, "hypothesis": "x"}, "premise must be a string, got number"),
+        ("/predict", {"premise": "x", "hypothesis": False}, "hypothesis must be a string, got boolean"),
+        ("/batch-predict", {"pairs": [PAIR, {"premise": "x", "hypothesis": 2.5}]}, "pairs[1].hypothesis must be a"),
+        ("/batch-predict", {"premises": ["a"], "hypotheses": [["b"]]}, "hypotheses[0] must be a string, got array"),
+        ("/batch-predict", {"pairs": [PAIR] * 3 + [{**PAIR, "premise": " "}]}, "pairs[3].premise must not be empty"),
+        ("/batch-predict", {"premises": ["a", "b"], "hypotheses": ["c", "d", "e"]}, "same length (2 != 3)"),
+        ("/zero-shot", {"text": 3, "labels": ["a"]}, "text must be a string, got number"),
+        ("/zero-shot", {"text": "x", "labels": ["a"], "multi_label": 0}, "multi_label must be true or false"),
+    ],
+)
+def test_types_are_strict_and_messages_name_the_field(client, path: str, body: dict, message: str) -> None:
+    assert message in assert_json_error(client.post(path, json=body), 400)["error"]
+
+
+def test_unknown_fields_are_ignored(client) -> None:
+    assert client.post("/predict", json={**PAIR, "comment": {"any": [1]}}).status_code == 200
+    assert client.post("/batch-predict", json={"pairs": [{**PAIR, "id": 1}], "trace": True}).status_code == 200
+    assert client.post("/zero-shot", json={"text": "x", "labels": ["a"], "top_k": 1}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "template", ["{0}", "{x}", "{.a}", "{{}}{.AAAA}", "{:>3000000}", "{}{}", "{!r}", "{0.__class__}", "{:{}}", "{", "}"]
+)
+def test_a_zero_shot_template_other_than_one_bare_slot_is_400_fast(client, template: str) -> None:
+    started = time.monotonic()
+    response = client.post("/zero-shot", json={"text": "x", "labels": ["a", "b"], "hypothesis_template": template})
+    body = assert_json_error(response, 400)
+    assert time.monotonic() - started < 1, "the template is parsed, never formatted"
+    assert body["error"].startswith("hypothesis_template ")
+    assert client.post("/zero-shot", json={"text": "x", "labels": ["a", "b"]}).status_code == 200  # still serving
+
+
+def test_escaped_braces_are_literal_in_the_statement(client, monkeypatch) -> None:
+    from nli_service.serving.service import NLIService
+
+    seen = []
+    original = NLIService.zero_shot
+    monkeypatch.setattr(NLIService, "zero_shot", lambda self, *a, **k: seen.append(a[:3]) or original(self, *a, **k))
+    body = {"text": "x", "labels": ["a"], "hypothesis_template": "{{literal}} {} }}"}
+    assert client.post("/zero-shot", json=body).status_code == 200
+    texts, labels, template = seen[0]
+    from nli_service.inference.types import zero_shot_pairs
+
+    assert [pair.hypothesis for pair in zero_shot_pairs(texts, labels, template)] == ["{literal} a }"]
+
+
+def test_zero_shot_input_past_the_expanded_characters_limit_is_413(make_app, monkeypatch) -> None:
+    app = make_app(NLI_MAX_BODY_BYTES=2 * 1024 * 1024)
+    engine = engine_of(app)
+    calls = []
+    monkeypatch.setattr(engine, "_tokenize", lambda *a, **k: calls.append(a) or pytest.fail("never tokenised"))
+    body = {"text": "word " * (1024 * 1024 // 5), "labels": [f"label {i}" for i in range(64)]}
+    started = time.monotonic()
+    response = app.test_client().post("/zero-shot", json=body)
+    error = assert_json_error(response, 413)["error"]
+    assert time.monotonic() - started < 2 and not calls
+    assert "NLI_MAX_EXPANDED_CHARS" in error and "fewer labels" in error and str(4 * 1024 * 1024) in error
+    monkeypatch.undo()
+    smaller = make_app(NLI_MAX_EXPANDED_CHARS=100).test_client()
+    assert smaller.post("/zero-shot", json={"text": "x" * 30, "labels": ["a", "b"]}).status_code == 200
+    assert_json_error(smaller.post("/zero-shot", json={"text": "x" * 30, "labels": ["a", "b", "c"]}), 413)
+
+
+def test_openapi_document_is_served(client) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200 and response.get_json()["openapi"].startswith("3.1")
+    assert response.headers["X-Request-ID"]
