@@ -56,7 +56,14 @@ from nli_service import create_app  # noqa: E402
 
 SERVER_FIXTURES = {"services", "module_services"}  # and every fixture that requests one of them
 SLOW_FIXTURES = {"slow_model_dir"}
-SLOW_TESTS = {  # file::name (every parametrization) of slow tests that use none of SLOW_FIXTURES
+SLOW_TESTS = {  # file::name (every parametrization) or file::name[id]: slow tests using none of SLOW_FIXTURES
+    "test_training.py::test_training_resumes_after_an_epoch_and_writes_a_servable_model",  # two training runs
+    # the ONNX export (the first in a module pays for it; the others reuse its cache)
+    "test_backends.py::test_backend_agrees_with_torch_float32[onnx-none]",
+    "test_backends.py::test_backend_agrees_with_torch_float32[onnx-int8]",
+    "test_backends.py::test_calibrated_int8_smooths_activations_and_computes_outlier_channels_in_float",
+    "test_backends.py::test_a_corrupt_cached_export_is_rebuilt",
+    "test_defects.py::test_a_second_app_with_another_backend_gets_its_own_engine",
 }
 SLOW_SECONDS = 5.0
 _STARTED_BEFORE = pytest.StashKey[int]()
@@ -66,23 +73,25 @@ _too_slow: list[tuple[str, float]] = []
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    modules = {}
+    seen: set[str] = set()
+    files: set[str] = set()
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if names & SERVER_FIXTURES:
             item.add_marker(pytest.mark.server)
-        test_id = f"{Path(item.path).name}::{getattr(item, 'originalname', item.name)}"
-        if names & SLOW_FIXTURES or test_id in SLOW_TESTS:
+        file = Path(item.path).name
+        ids = {f"{file}::{getattr(item, 'originalname', item.name)}", f"{file}::{item.name}"}
+        files.add(file)
+        seen |= ids
+        if names & SLOW_FIXTURES or ids & SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-        if getattr(item, "module", None) is not None:
-            modules[Path(item.path).name] = item.module
-    missing = [
-        test
-        for test in SLOW_TESTS
-        if (file := test.partition("::")[0]) in modules and not hasattr(modules[file], test.partition("::")[2])
-    ]
-    if missing:  # a renamed test would silently lose its marker
-        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {sorted(missing)}")
+    # A renamed test would lose its marker: name any that a collected file no longer has.
+    stale = sorted(test for test in SLOW_TESTS if test.partition("::")[0] in files and test not in seen)
+    if stale and not config.option.keyword and not any("::" in arg for arg in config.args):
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(f"conftest.SLOW_TESTS names tests that were not collected: {stale}"),
+            stacklevel=2,
+        )
 
 
 def _check_server_marker(item: pytest.Item) -> None:

@@ -69,7 +69,7 @@ def test_each_target_is_judged_in_its_direction() -> None:
     assert "torch int8 / torch fp32 (raw, batch 32, same rounds)" not in met  # int8 is ONNX int8 only
     assert met["4 workers' PSS / one process (lower is better)"] is True  # 700 / 500
     assert met["p99 at c=1 / raw batch-1 p99 latency, same pairs (lower is better)"] is True  # 60 / 50
-    assert met["long tail: sorted / unsorted, both batch 8 (the default)"] is False  # 19 / 7
+    assert met["long tail: sorted / unsorted, both batch 8 (the naive set-up's)"] is False  # 19 / 7
     assert met["long tail: sorted / unsorted, both batch 32"] is True  # 18 / 4
 
 
