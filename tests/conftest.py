@@ -9,7 +9,7 @@ Markers (registered in pyproject.toml):
   ``pytest_runtest_setup``/``pytest_runtest_call`` below), so the marker cannot be missed.
 * ``slow``: takes more than ~5 s. Given to every test that uses a fixture in
   ``SLOW_FIXTURES`` and to the tests in ``SLOW_TESTS``; a test that ran longer than
-  ``SLOW_SECONDS`` without it is named at the end of the run.
+  ``SLOW_SECONDS`` (its call, not shared fixtures' set-up) without it is named at the end of the run.
 
 ``make test-fast`` runs ``-m "not server and not slow"``.
 
@@ -67,7 +67,6 @@ SLOW_TESTS = {  # file::name (every parametrization) or file::name[id]: slow tes
 }
 SLOW_SECONDS = 5.0
 _STARTED_BEFORE = pytest.StashKey[int]()
-_DURATION = pytest.StashKey[float]()
 _too_slow: list[tuple[str, float]] = []
 
 
@@ -107,11 +106,9 @@ def _check_server_marker(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     item.stash[_STARTED_BEFORE] = len(serving.services_started())
-    started = time.monotonic()
     try:
         return (yield)
     finally:
-        item.stash[_DURATION] = time.monotonic() - started
         _check_server_marker(item)
 
 
@@ -121,9 +118,9 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     try:
         return (yield)
     finally:
-        item.stash[_DURATION] = item.stash.get(_DURATION, 0.0) + time.monotonic() - started
-        if item.stash[_DURATION] > SLOW_SECONDS and item.get_closest_marker("slow") is None:
-            _too_slow.append((item.nodeid, item.stash[_DURATION]))
+        seconds = time.monotonic() - started  # the test itself: shared fixtures' set-up is not its own
+        if seconds > SLOW_SECONDS and item.get_closest_marker("slow") is None:
+            _too_slow.append((item.nodeid, seconds))
         _check_server_marker(item)
 
 

@@ -92,7 +92,9 @@ def test_forward_passes_are_reported_to_the_observer(model_dir: Path) -> None:
     engine.observer = lambda pairs, tokens, seconds: seen.append((pairs, tokens, seconds))
     engine.predict([Pair(*SAMPLE_PAIRS[0])] * 10)
     assert [pairs for pairs, _, _ in seen] == [4, 4, 2]
-    assert all(tokens > 0 and seconds >= 0 for _, tokens, seconds in seen)
+    length = engine.encode([Pair(*SAMPLE_PAIRS[0])]).lengths[0]  # ten equal pairs: no padding
+    assert [tokens for _, tokens, _ in seen] == [4 * length, 4 * length, 2 * length]
+    assert all(seconds > 0 for _, _, seconds in seen)
 
 
 def test_an_expired_deadline_stops_before_the_next_chunk(engine: NLIEngine) -> None:
