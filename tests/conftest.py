@@ -126,7 +126,9 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if _too_slow:
-        terminalreporter.section("tests over 5 s without the slow marker (add them to conftest.SLOW_TESTS)")
+        terminalreporter.section(
+            f"tests over {SLOW_SECONDS:g} s without the slow marker (add them to conftest.SLOW_TESTS)"
+        )
         for nodeid, seconds in sorted(_too_slow, key=lambda entry: -entry[1]):
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
