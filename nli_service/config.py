@@ -167,6 +167,12 @@ class Settings:
     request_timeout: float = _setting(
         "NLI_REQUEST_TIMEOUT", "30", _positive_float, "seconds a request may take (more: 408)"
     )
+    client_timeout: float = _setting(
+        "NLI_CLIENT_TIMEOUT",
+        "5",
+        _positive_float,
+        "seconds a client has to send a whole request, headers and body (more: 408, connection closed)",
+    )
     offline: bool = _setting(
         "NLI_OFFLINE", "false", _boolean, "never contact the hub (also implied by HF_HUB_OFFLINE=1)"
     )
@@ -252,10 +258,9 @@ class Layout:
     CPU: gthread workers, one per core (at most ``MAX_CPU_WORKERS``), each computing with its
     share of the cores. Their request threads queue into one cross-request batcher per
     worker, which fills passes of up to 16 pairs from concurrent requests; connections are
-    balanced across workers and a lone request borrows idle cores. Measured on 2 cores
-    against the bare model's best throughput (docs/performance.md): this layout reaches it,
-    where one sync worker per request reached half. Sync workers cannot batch across
-    requests, and more processes than cores only fight for them.
+    balanced across workers and a lone request borrows idle cores. Sync workers cannot batch
+    across requests, and more processes than cores only fight for them (the README says what
+    was measured, docs/benchmarks.md the latest figures).
 
     GPU: one gthread worker holding the model once on the device, fed by 32 request threads
     through the batcher in passes of up to 32 pairs (a GPU wants large passes; a second

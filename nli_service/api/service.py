@@ -1,4 +1,8 @@
-"""This process's ``NLIService`` as a Flask extension: attached once, looked up per request."""
+"""This process's ``NLIService`` as a Flask extension: the model loaded once, the service looked up per request.
+
+Looked up per request because Gunicorn forks its workers after the app is built (preload):
+each worker then gets its own service, with its own batcher thread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from flask import Flask, current_app
 
 from nli_service.config import Settings
 from nli_service.serving.errors import NotReady
-from nli_service.serving.runtime import service_for
+from nli_service.serving.runtime import load_engine, service_for
 from nli_service.serving.service import NLIService
 
 EXTENSION_KEY = "nli_service"
@@ -15,12 +19,14 @@ EXTENSION_KEY = "nli_service"
 def init_app(app: Flask) -> None:
     """Load (or reuse) this process's model for ``app``, unless ``LOAD_MODEL`` is False."""
     settings: Settings = app.config["NLI_SETTINGS"]
-    app.extensions[EXTENSION_KEY] = service_for(settings) if app.config.get("LOAD_MODEL", True) else None
+    app.extensions[EXTENSION_KEY] = load_engine(settings) if app.config.get("LOAD_MODEL", True) else None
 
 
 def loaded_service() -> NLIService | None:
-    """The app's service, or None while no model is loaded."""
-    return current_app.extensions.get(EXTENSION_KEY)
+    """This process's service for the app, or None while no model is loaded."""
+    if current_app.extensions.get(EXTENSION_KEY) is None:
+        return None
+    return service_for(current_app.config["NLI_SETTINGS"])
 
 
 def current_service() -> NLIService:

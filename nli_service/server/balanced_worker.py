@@ -1,4 +1,5 @@
-"""Gunicorn's gthread worker, taking new connections least-connections first.
+"""Gunicorn's gthread worker, taking new connections least-connections first and reading
+each request whole before a thread runs it (``slow_clients``).
 
 Gunicorn leaves the choice of worker to the kernel: every worker waits on the shared
 listening socket and whichever wakes first takes the connection, busy or not
@@ -9,28 +10,34 @@ more than the least-loaded one lets that one take a new connection first (nginx'
 ``least_conn``, within one machine). It never refuses: after ``MAX_DEFER`` it accepts
 anyway, so a stuck peer cannot stall the server.
 
-It overrides Gunicorn internals (``accept``, ``set_accept_enabled``, the ``nr_conns`` and
-``_accepting`` attributes) of the versions in ``COMPATIBLE_GUNICORN``; :func:`compatible`
-checks them at start-up, and the server falls back to the plain gthread worker otherwise.
+It overrides Gunicorn internals (``accept``, ``set_accept_enabled``, ``enqueue_req``,
+``handle``, ``murder_pending``, the ``nr_conns``, ``_accepting`` and ``poller`` attributes) of
+the versions in ``COMPATIBLE_GUNICORN``; :func:`incompatibility` checks them at start-up, and
+the server falls back to the plain gthread worker otherwise.
 """
 
 from __future__ import annotations
 
 import inspect
 import select
+import selectors
 import time
+from functools import partial
 from typing import Any
 
 import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
+from nli_service.config import Settings
+from nli_service.server.slow_clients import RequestBuffer, answer_too_slow
 from nli_service.server.worker_table import NOT_ACCEPTING, TABLE
 
 MAX_DEFER = 0.01  # seconds a busier worker leaves a new connection to a less busy one
 _POLL = 0.0005
 COMPATIBLE_GUNICORN = ((27, 0), (27, 1))  # [from, to) major.minor, as pinned in requirements.txt
-_OVERRIDDEN_METHODS = ("accept", "set_accept_enabled")
-_OVERRIDDEN_ATTRIBUTES = ("self.nr_conns", "self._accepting")
+_OVERRIDDEN_METHODS = ("accept", "set_accept_enabled", "enqueue_req", "handle", "murder_pending")
+_OVERRIDDEN_ATTRIBUTES = ("self.nr_conns", "self._accepting", "self.poller", "conn.data_ready", "conn.init()")
+_READ_CHUNK = 64 * 1024
 
 
 def incompatibility(worker: type = ThreadWorker, version: tuple[int, ...] | None = None) -> str | None:
@@ -49,11 +56,14 @@ def incompatibility(worker: type = ThreadWorker, version: tuple[int, ...] | None
 
 
 class BalancedThreadWorker(ThreadWorker):
-    """``gthread`` with least-connections accepting; everything else is Gunicorn's."""
+    """``gthread`` with least-connections accepting and whole requests handed to threads."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.slot = TABLE.claim()  # runs in the master, which forks the worker next
         self._connections = 0
+        settings = Settings.from_env()
+        self.client_timeout, self.max_body_bytes = settings.client_timeout, settings.max_body_bytes
+        self._reading: dict[Any, RequestBuffer] = {}  # connections whose request is still arriving
         super().__init__(*args, **kwargs)
 
     @property
@@ -89,3 +99,53 @@ class BalancedThreadWorker(ThreadWorker):
     def _busier_than_a_peer(self) -> bool:
         fewest = TABLE.fewest_connections_elsewhere(self.slot)
         return fewest is not None and self._connections > fewest
+
+    # -- whole requests only: read in the event loop, handed to a thread once arrived ----------
+
+    def enqueue_req(self, conn: Any) -> None:
+        if conn.parser is not None and conn.parser.unreader.buf.getvalue():
+            super().enqueue_req(conn)  # the next request is already read (pipelined)
+            return
+        conn.sock.setblocking(False)
+        self._reading[conn] = RequestBuffer(self.client_timeout, self.max_body_bytes)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_request_bytes, conn))
+
+    def _on_request_bytes(self, conn: Any, sock: Any) -> None:
+        try:
+            chunk = conn.sock.recv(_READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client closed the connection
+            self._stop_reading(conn)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        buffer = self._reading[conn]
+        if buffer.add(chunk):
+            self._stop_reading(conn)
+            conn.read_ahead = bytes(buffer.data)
+            conn.data_ready = True
+            super().enqueue_req(conn)
+
+    def _stop_reading(self, conn: Any) -> None:
+        self.poller.unregister(conn.sock)
+        del self._reading[conn]
+
+    def handle(self, conn: Any) -> Any:
+        read_ahead = getattr(conn, "read_ahead", b"")
+        if read_ahead:
+            conn.read_ahead = b""
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(read_ahead)
+        return super().handle(conn)
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        for conn in [conn for conn, buffer in self._reading.items() if buffer.expired()]:
+            self._stop_reading(conn)
+            answer_too_slow(conn.sock, self.client_timeout)
+            self.nr_conns -= 1
+            conn.close()

@@ -73,9 +73,9 @@ class WorkerContext:
 _engine: NLIEngine | None = None
 _engine_spec: EngineSpec | None = None
 _worker: WorkerContext | None = None  # set once this process serves requests
-# Keyed by pid (threads do not survive a fork), engine and the batcher's own settings.
-_batchers: dict[tuple[object, ...], MicroBatcher] = {}
-_batchers_lock = threading.Lock()
+# Keyed by pid (a batcher's thread does not survive a fork), engine and the service's own settings.
+_services: dict[tuple[object, ...], NLIService] = {}
+_services_lock = threading.Lock()
 
 
 def load_engine(settings: Settings) -> NLIEngine:
@@ -107,9 +107,16 @@ def prepare_worker(context: WorkerContext) -> None:
 
 
 def service_for(settings: Settings) -> NLIService:
-    """The service the API calls: the engine, with threaded workers behind the cross-request batcher."""
+    """The service the API calls in this process: the engine, with threaded workers behind the
+    cross-request batcher. Ask again in each request: a Gunicorn worker is forked after the app
+    was built, and the batcher's thread must be this process's own."""
     engine = load_engine(settings)
-    return NLIService(_predictor(engine, settings), settings.request_timeout)
+    key = (os.getpid(), id(engine), _batching(settings), settings.request_timeout, settings.batch_size)
+    key += (settings.batch_wait_ms, settings.max_queued_pairs, settings.idle_cores_max_pairs)
+    with _services_lock:
+        if key not in _services:
+            _services[key] = NLIService(_predictor(engine, settings), settings.request_timeout)
+        return _services[key]
 
 
 def _batching(settings: Settings) -> bool:
@@ -121,18 +128,13 @@ def _batching(settings: Settings) -> bool:
 def _predictor(engine: NLIEngine, settings: Settings) -> Predictor:
     if not _batching(settings):
         return engine
-    key = (os.getpid(), id(engine), settings.batch_size, settings.batch_wait_ms, settings.max_queued_pairs)
-    key += (settings.idle_cores_max_pairs,)
-    with _batchers_lock:
-        if key not in _batchers:
-            _batchers[key] = MicroBatcher(
-                engine,
-                max_pairs=settings.batch_size,
-                max_wait=settings.batch_wait_ms / 1000,
-                max_queued_pairs=settings.max_queued_pairs,
-                cores=_shared_cores(engine, settings),
-            )
-        return _batchers[key]
+    return MicroBatcher(
+        engine,
+        max_pairs=settings.batch_size,
+        max_wait=settings.batch_wait_ms / 1000,
+        max_queued_pairs=settings.max_queued_pairs,
+        cores=_shared_cores(engine, settings),
+    )
 
 
 def _shared_cores(engine: NLIEngine, settings: Settings) -> SharedCores | None:
