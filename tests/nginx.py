@@ -1,0 +1,83 @@
+"""Run the shipped nginx configuration (deploy/nginx/nli-service.conf) in front of test services."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from serving import PROJECT_ROOT, free_port
+
+SHIPPED = PROJECT_ROOT / "deploy" / "nginx" / "nli-service.conf"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if found is None:
+        raise RuntimeError("nginx is not installed: apt-get install nginx (.ci/run does)")
+    return found
+
+
+def render(upstream_ports: list[int], listen_port: int) -> str:
+    """The shipped file with this test's replicas and port: only the server lines and listen change."""
+    text = SHIPPED.read_text()
+    servers = "".join(f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;\n" for port in upstream_ports)
+    text, replaced = re.subn(r"    server 127\.0\.0\.1:5000 [^\n]*\n", servers, text)
+    assert replaced == 1, "the shipped config's upstream line changed; update tests/nginx.py"
+    text, replaced = re.subn(r"listen 8080;", f"listen 127.0.0.1:{listen_port};", text)
+    assert replaced == 1
+    return text
+
+
+@contextmanager
+def nginx_in_front(upstream_ports: list[int], work: Path) -> Iterator[str]:
+    """nginx (one process, in the foreground) serving the shipped config; yields its URL."""
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "nli-service.conf").write_text(render(upstream_ports, port))
+    temp = {name: work / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    main = f"""
+daemon off;
+master_process off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 2048; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    include {work}/nli-service.conf;
+}}
+"""
+    (work / "nginx.conf").write_text(main)
+    check = subprocess.run([nginx_binary(), "-t", "-c", str(work / "nginx.conf")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    process = subprocess.Popen([nginx_binary(), "-c", str(work / "nginx.conf")], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{url}/health", timeout=2)
+                break
+            except requests.RequestException:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    stderr = process.stderr.read() if process.stderr else ""
+                    raise RuntimeError(f"nginx did not start: {stderr}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
