@@ -28,6 +28,11 @@ PAIRS = Counter("nli_pairs", "Pairs scored (by /predict, /batch-predict and /zer
 PREDICTED_LABELS = Counter("nli_predicted_label", "Predicted labels", ["label"])
 IN_FLIGHT = Gauge("nli_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
 REQUEST_TIMEOUTS = Counter("nli_request_timeouts", "Requests answered 408 after their deadline")
+DROPPED = Counter(
+    "nli_requests_dropped",
+    "Requests answered without computing them: deadline passed while queued, or client gone",
+    ["reason"],
+)
 BORROWED_CORES = Counter("nli_borrowed_cores_passes", "Lone small passes run on idle workers' cores too")
 MODEL_LOAD_SECONDS = Gauge("nli_model_load_seconds", "Seconds taken to load the model", multiprocess_mode="max")
 

@@ -67,6 +67,7 @@ SLOW_TESTS = {  # file::name (every parametrization) or file::name[id]: slow tes
     "test_defects.py::test_an_alarm_delivered_after_the_request_does_not_kill_the_worker",  # builds a model
     "test_slow_clients.py::test_stalled_connections_do_not_stop_health_and_get_408",  # waits out the timeout
     "test_slow_clients.py::test_a_request_that_arrives_in_pieces_within_the_time_is_served",
+    "test_overload.py::test_over_real_gunicorn_a_client_that_hangs_up_while_queued_is_not_computed",
 }
 SLOW_SECONDS = 5.0
 _STARTED_BEFORE = pytest.StashKey[int]()

@@ -14,7 +14,7 @@ from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from nli_service import metrics
-from nli_service.serving.errors import NotReady, Overloaded, RequestTimedOut, ServingError
+from nli_service.serving.errors import ClientGone, NotReady, Overloaded, RequestTimedOut, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def _http_error(error: HTTPException) -> Response:
     return error_response(error.description or error.name, error.code or 500, kept)
 
 
-SERVING_STATUS: dict[type[ServingError], int] = {NotReady: 503, Overloaded: 429, RequestTimedOut: 408}
+# 499: nginx's "client closed request"; nobody reads it, but the access log and metrics do.
+SERVING_STATUS: dict[type[ServingError], int] = {NotReady: 503, Overloaded: 429, RequestTimedOut: 408, ClientGone: 499}
 
 
 def _serving_error(error: ServingError) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from nli_service.api import payloads, request_log, service
+from nli_service.api import arrival, payloads, request_log, service
 from nli_service.inference import types
 from nli_service.schemas import BatchPredictRequest, BatchPredictResponse, Prediction, PredictRequest, PredictResponse
 
@@ -20,7 +20,7 @@ def predict() -> dict:
     """Classify one premise/hypothesis pair."""
     pair = payloads.read(PredictRequest).pair()
     nli = service.current_service()
-    [prediction] = nli.predict([pair], request_log.account_for([pair]))
+    [prediction] = nli.predict([pair], request_log.account_for([pair]), arrival.client_gone_check())
     return PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id).model_dump()
 
 
@@ -29,5 +29,5 @@ def batch_predict() -> dict:
     """Classify many pairs; results come back in input order."""
     pairs = payloads.read(BatchPredictRequest).to_pairs()
     nli = service.current_service()
-    predictions = nli.predict(pairs, request_log.account_for(pairs))
+    predictions = nli.predict(pairs, request_log.account_for(pairs), arrival.client_gone_check())
     return BatchPredictResponse(results=[_prediction(p) for p in predictions], model=nli.model_id).model_dump()

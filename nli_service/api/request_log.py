@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from flask import Flask, Response, current_app, g, request
 
+from nli_service.api import arrival
 from nli_service.inference.types import Pair
 from nli_service.logs import current_request_id
 
@@ -26,16 +27,17 @@ def _incoming_request_id() -> str:
 
 
 def account_for(pairs: Sequence[Pair]) -> float:
-    """Note ``pairs`` in this request's access record; when the request started (its deadline counts from then)."""
+    """Note ``pairs`` in this request's access record; when the request arrived (its deadline counts from then)."""
     g.pairs = len(pairs)
     g.input_chars = sum(pair.characters for pair in pairs)
     if current_app.config["NLI_SETTINGS"].log_inputs:
         g.logged_inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs]
-    return g.request_started
+    return g.received_at
 
 
 def _before_request() -> None:
     g.request_started = time.monotonic()
+    g.received_at = arrival.received_at(g.request_started)
     g.request_id = _incoming_request_id()
     g.request_id_token = current_request_id.set(g.request_id)
 
@@ -48,6 +50,7 @@ def _after_request(response: Response) -> Response:
         "path": request.path,
         "status": response.status_code,
         "latency_ms": round((time.monotonic() - g.request_started) * 1000, 2),
+        "queued_ms": round((g.request_started - g.received_at) * 1000, 2),
         "pairs": g.get("pairs", 0),
         "input_chars": g.get("input_chars", 0),
         "worker_pid": os.getpid(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from nli_service.api import payloads, request_log, service
+from nli_service.api import arrival, payloads, request_log, service
 from nli_service.inference.types import zero_shot_pairs
 from nli_service.schemas import ZeroShotBatchResponse, ZeroShotRequest, ZeroShotResponse, ZeroShotResult
 
@@ -18,7 +18,8 @@ def zero_shot() -> dict:
     texts, labels, template = request.all_texts(), request.labels, request.hypothesis_template
     nli = service.current_service()
     received_at = request_log.account_for(zero_shot_pairs(texts, labels, template))
-    results = nli.zero_shot(texts, labels, template, request.multi_label, received_at)
+    client_gone = arrival.client_gone_check()
+    results = nli.zero_shot(texts, labels, template, request.multi_label, received_at, client_gone)
     if request.many:
         answers = [ZeroShotResult(labels=result.labels, scores=result.scores) for result in results]
         return ZeroShotBatchResponse(results=answers, model=nli.model_id).model_dump()

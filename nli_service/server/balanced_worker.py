@@ -125,7 +125,7 @@ class BalancedThreadWorker(ThreadWorker):
         buffer = self._reading[conn]
         if buffer.add(chunk):
             self._stop_reading(conn)
-            conn.read_ahead = bytes(buffer.data)
+            conn.read_ahead = buffer.stamped()
             conn.data_ready = True
             super().enqueue_req(conn)
 

@@ -27,6 +27,7 @@ HEADER_END = b"\r\n\r\n"
 MAX_HEADER_BYTES = 64 * 1024  # past this without a blank line Gunicorn's own limits answer (431 / 400)
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.IGNORECASE | re.MULTILINE)
+_REQUEST_START = re.compile(rb"^x-request-start[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 class ClientTooSlow(Exception):  # noqa: N818 - reads like the condition it reports
@@ -58,6 +59,7 @@ class RequestBuffer:
 
     def __init__(self, seconds: float, max_body_bytes: int) -> None:
         self.deadline = time.monotonic() + seconds
+        self.arrived = time.time()
         self.max_body_bytes = max_body_bytes
         self.data = bytearray()
         self._needed: int | None = None  # total bytes once the headers are in
@@ -79,6 +81,17 @@ class RequestBuffer:
             # the thread under Gunicorn's own limits.
             self._needed = end + len(HEADER_END) + (body if body <= self.max_body_bytes else 0)
         return len(self.data) >= self._needed
+
+    def stamped(self) -> bytes:
+        """The request with ``X-Request-Start`` (when its first bytes arrived) added, unless a proxy set it:
+        the service's deadline counts from then, not from when a thread picked it up."""
+        data = bytes(self.data)
+        line_end = data.find(b"\r\n")
+        header_end = data.find(HEADER_END)
+        if line_end < 0 or header_end < 0 or _REQUEST_START.search(data, line_end, header_end + 2):
+            return data
+        stamp = f"X-Request-Start: t={self.arrived:.6f}\r\n".encode()
+        return data[: line_end + 2] + stamp + data[line_end + 2 :]
 
 
 class ReadDeadlineSocket:

@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from nli_service import metrics
 from nli_service.inference.engine import Encoded, NLIEngine
 from nli_service.inference.types import Pair, Prediction
 from nli_service.serving.deadline import Deadline, DeadlineExceeded
-from nli_service.serving.errors import Overloaded, RequestTimedOut
+from nli_service.serving.errors import ClientGone, Overloaded, RequestTimedOut
 from nli_service.serving.shared_cores import SharedCores
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,15 @@ class _Job:
         return len(self.encoded.lengths)
 
     def expired(self) -> bool:
-        return self.abandoned or (self.deadline is not None and self.deadline.remaining() <= 0)
+        """Nobody waits for this job any more: its thread gave up, its deadline passed or its client went."""
+        return self.abandoned or (self.deadline is not None and (self.deadline.expired() or self.deadline.abandoned()))
+
+    def drop(self) -> None:
+        """Answer this job uncomputed, saying why."""
+        client_gone = self.deadline is not None and not self.deadline.expired() and self.deadline.abandoned()
+        metrics.DROPPED.labels(reason="client_gone" if client_gone else "deadline").inc()
+        seconds = self.deadline.seconds if self.deadline is not None else 0
+        self.finish(error=ClientGone() if client_gone else RequestTimedOut(seconds))
 
     def finish(self, logits: torch.Tensor | None = None, error: BaseException | None = None) -> None:
         self.logits, self.error = logits, error
@@ -165,7 +174,7 @@ class MicroBatcher:
         live = []
         for job in jobs:
             if job.expired():
-                job.finish(error=RequestTimedOut(job.deadline.seconds if job.deadline else 0))
+                job.drop()
             else:
                 live.append(job)
         return live

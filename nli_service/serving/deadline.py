@@ -11,6 +11,9 @@ Inside the enforced block the deadline raises :class:`DeadlineExceeded`, a
 ``BaseException``: no ``except Exception`` on the way (tokenizer fallbacks, library
 code) can swallow it. :func:`enforce` turns it into :class:`RequestTimedOut` (an
 ordinary ``ServingError``) where the block ends, for the API to answer 408.
+
+A deadline may also know whether its client is still there (``client_gone``): work for a
+client that has closed its connection stops at the next check, as :class:`ClientGone`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from nli_service.serving.errors import RequestTimedOut
+from nli_service.serving.errors import ClientGone, RequestTimedOut
 
 
 class DeadlineExceeded(BaseException):  # noqa: N818 - a control-flow signal like KeyboardInterrupt
@@ -32,12 +35,23 @@ class DeadlineExceeded(BaseException):  # noqa: N818 - a control-flow signal lik
         self.seconds = seconds
 
 
-class Deadline:
-    """A point in (monotonic) time after which work must stop."""
+class ClientDisconnected(BaseException):  # noqa: N818 - a control-flow signal, like DeadlineExceeded
+    """Raised inside the enforced block when the client has gone."""
 
-    def __init__(self, seconds: float, started_at: float | None = None) -> None:
+
+class Deadline:
+    """A point in (monotonic) time after which work must stop, counted from when the request arrived."""
+
+    def __init__(
+        self, seconds: float, started_at: float | None = None, client_gone: Callable[[], bool] | None = None
+    ) -> None:
         self.seconds = seconds
         self.expires_at = (time.monotonic() if started_at is None else started_at) + seconds
+        self.client_gone = client_gone
+
+    def abandoned(self) -> bool:
+        """Whether the client has closed its connection (False when nobody can tell)."""
+        return self.client_gone is not None and self.client_gone()
 
     def remaining(self) -> float:
         return self.expires_at - time.monotonic()
@@ -46,9 +60,12 @@ class Deadline:
         return self.remaining() <= 0
 
     def check(self) -> None:
-        """Raise :class:`DeadlineExceeded` if the deadline has passed (the engine's ``Checkable``)."""
+        """Raise :class:`DeadlineExceeded` if the deadline has passed, :class:`ClientDisconnected` if the
+        client has gone (the engine's ``Checkable``)."""
         if self.expired():
             raise DeadlineExceeded(self.seconds)
+        if self.abandoned():
+            raise ClientDisconnected()
 
 
 class _Alarm:
@@ -91,6 +108,8 @@ def enforce(deadline: Deadline) -> Iterator[str]:
     """
     if deadline.expired():
         raise RequestTimedOut(deadline.seconds)
+    if deadline.abandoned():
+        raise ClientGone()
     use_alarm = sigalrm_usable()
     try:
         if use_alarm:
@@ -106,3 +125,5 @@ def enforce(deadline: Deadline) -> Iterator[str]:
             yield "cooperative"
     except DeadlineExceeded as exceeded:
         raise RequestTimedOut(exceeded.seconds) from None
+    except ClientDisconnected:
+        raise ClientGone() from None

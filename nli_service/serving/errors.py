@@ -28,6 +28,13 @@ class Overloaded(ServingError):
         self.queued, self.limit = queued, limit
 
 
+class ClientGone(ServingError):
+    """The client closed its connection before its answer was computed: the work was dropped."""
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection; the request was not computed")
+
+
 class RequestTimedOut(ServingError):
     """The request ran past its deadline."""
 

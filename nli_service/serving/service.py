@@ -2,7 +2,8 @@
 
 Decode and validate happen above (``api/``); tokenise, batch and forward below
 (``inference/``, through the batcher with threaded workers). Every call takes the
-time the request reached the server, so the deadline counts from there.
+time the request reached the server, so the deadline counts from there, and may say how to
+tell that its client has gone (work for it is then dropped).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nli_service.inference.zero_shot import classify
 from nli_service.serving.deadline import Deadline, enforce
 
 T = TypeVar("T")
+ClientCheck = Callable[[], bool]  # True once the client has closed its connection
 
 
 class Predictor(Protocol):
@@ -51,9 +53,15 @@ class NLIService:
     def describe(self) -> dict[str, Any]:
         return self.predictor.describe()
 
-    def predict(self, pairs: Sequence[Pair], received_at: float | None = None) -> list[Prediction]:
+    def predict(
+        self, pairs: Sequence[Pair], received_at: float | None = None, client_gone: ClientCheck | None = None
+    ) -> list[Prediction]:
         """Classify ``pairs``, in input order."""
-        predictions = self._within_deadline(len(pairs), received_at, lambda d: self.predictor.predict(pairs, d))
+
+        def work(deadline: Deadline) -> list[Prediction]:
+            return self.predictor.predict(pairs, deadline)
+
+        predictions = self._within_deadline(len(pairs), received_at, client_gone, work)
         metrics.count_labels(prediction.label for prediction in predictions)
         return predictions
 
@@ -64,16 +72,19 @@ class NLIService:
         template: str,
         multi_label: bool,
         received_at: float | None = None,
+        client_gone: ClientCheck | None = None,
     ) -> list[ZeroShotResult]:
         """Rank ``labels`` for each text, all label pairs in one engine call."""
 
         def work(deadline: Deadline) -> list[ZeroShotResult]:
             return classify(self.predictor, texts, labels, template, multi_label, deadline)
 
-        return self._within_deadline(len(texts) * len(labels), received_at, work)
+        return self._within_deadline(len(texts) * len(labels), received_at, client_gone, work)
 
-    def _within_deadline(self, pairs: int, received_at: float | None, work: Callable[[Deadline], T]) -> T:
-        deadline = Deadline(self.request_timeout, started_at=received_at)
+    def _within_deadline(
+        self, pairs: int, received_at: float | None, client_gone: ClientCheck | None, work: Callable[[Deadline], T]
+    ) -> T:
+        deadline = Deadline(self.request_timeout, started_at=received_at, client_gone=client_gone)
         with enforce(deadline):
             result = work(deadline)
         metrics.PAIRS.inc(pairs)
