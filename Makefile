@@ -33,7 +33,7 @@ test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (
 bench: $(STAMP) ## throughput / latency / memory of the real service; writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
 
-profile: $(STAMP) ## where a tuned worker's time goes at 16 concurrent clients (py-spy)
+profile: $(STAMP) ## where a worker's time goes at 16 concurrent clients, default layout (py-spy)
 	$(BIN)/python -m bench.profile $(ARGS)
 
 train: $(STAMP) ## fine-tune the bundled model (CPU, ~40 min); writes models/nli-minilm-l6
@@ -42,9 +42,10 @@ train: $(STAMP) ## fine-tune the bundled model (CPU, ~40 min); writes models/nli
 eval: $(STAMP) ## accuracy of a model on the evaluation sets; ARGS='--url http://...' goes through a service
 	$(BIN)/python -m training.evaluate $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff, and the layer contracts of pyproject.toml (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
