@@ -35,19 +35,26 @@ def settings_or_exit() -> Settings:
 
 
 def prepare_metrics_dir() -> str:
-    """Point prometheus_client at an empty per-server directory (once per master).
+    """Point prometheus_client at a per-server directory without old counts (once per master).
 
-    A directory given in PROMETHEUS_MULTIPROC_DIR is emptied at start so old
-    counts are not added in; otherwise a fresh one is made and removed at exit.
-    Runs again on a config reload (SIGHUP) without wiping the live counts.
+    In a directory given in PROMETHEUS_MULTIPROC_DIR (made if missing) only the service's own
+    files (``counter_123.db``, ``gauge_livesum_123.db``, ``histogram_archive.db``, ...) are removed
+    at start, so old counts are not added in; the directory and anything else in it stay. Without
+    one, a fresh directory is made and removed at exit. Runs again on a config reload (SIGHUP)
+    without wiping the live counts. A directory that cannot be used stops the start (exit 4).
     """
     global _metrics_dir_prepared
     if _metrics_dir_prepared:
         return os.environ[MULTIPROC_ENV]
     given = os.environ.get(MULTIPROC_ENV)
     if given:
-        shutil.rmtree(given, ignore_errors=True)
-        os.makedirs(given)
+        # The variable is set, so prometheus_client may be imported now (it picks multiprocess mode).
+        from nli_service.server.metrics_exporter import clear_own_files
+
+        try:
+            clear_own_files(given)
+        except OSError as error:
+            exit_on_startup_error(f"{MULTIPROC_ENV}={given!r} cannot hold the metrics files: {error}")
     else:
         made = tempfile.mkdtemp(prefix="nli-metrics-")
         os.environ[MULTIPROC_ENV] = made
@@ -60,8 +67,8 @@ def prepare_metrics_dir() -> str:
 def worker_class(settings: Settings) -> str:
     """gthread workers take new connections least-connections first (``balanced_worker``), when the
     installed Gunicorn has what that worker overrides; otherwise Gunicorn's own gthread, with one warning."""
-    if settings.worker_class != "gthread":
-        return settings.worker_class
+    if settings.worker_class == "sync":
+        return "nli_service.server.sync_worker.BoundedSyncWorker"
     from nli_service.server import balanced_worker
 
     reason = balanced_worker.incompatibility()
@@ -141,9 +148,14 @@ def post_worker_init(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master, when a worker dies: drop its live gauges and free its row in the worker table."""
+    """In the master, when a worker dies: drop its live gauges, fold its counts into the metrics
+    archive files (the file count stays bounded however often workers recycle) and free its row
+    in the worker table."""
     from nli_service.server.metrics_exporter import mark_worker_dead
     from nli_service.server.worker_table import TABLE
 
-    mark_worker_dead(worker.pid)
+    try:
+        mark_worker_dead(worker.pid)
+    except Exception as error:  # noqa: BLE001 - the master must outlive any metrics trouble
+        server.log.warning("metrics files of worker %s not archived: %s", worker.pid, error)
     TABLE.release(getattr(worker, "slot", None))  # only gthread's BalancedThreadWorker has one
