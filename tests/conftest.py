@@ -55,7 +55,7 @@ from model_factory import build_model  # noqa: E402
 from nli_service import create_app  # noqa: E402
 
 SERVER_FIXTURES = {"services", "module_services"}  # and every fixture that requests one of them
-SLOW_FIXTURES = {"slow_model_dir"}
+SLOW_FIXTURES = {"slow_model_dir", "services"}  # a service of its own: 5-10 s to start and stop on 2 cores
 SLOW_TESTS = {  # file::name (every parametrization) or file::name[id]: slow tests using none of SLOW_FIXTURES
     "test_training.py::test_training_resumes_after_an_epoch_and_writes_a_servable_model",  # two training runs
     # the ONNX export (the first in a module pays for it; the others reuse its cache)
@@ -68,6 +68,12 @@ SLOW_TESTS = {  # file::name (every parametrization) or file::name[id]: slow tes
     "test_slow_clients.py::test_stalled_connections_do_not_stop_health_and_get_408",  # waits out the timeout
     "test_slow_clients.py::test_a_request_that_arrives_in_pieces_within_the_time_is_served",
     "test_overload.py::test_over_real_gunicorn_a_client_that_hangs_up_while_queued_is_not_computed",
+    # the CLI run as subprocesses against tiny_server, 2-3 runs each (torch's import alone takes seconds)
+    "test_cli.py::test_predict_over_http_and_locally_agree",
+    "test_cli.py::test_zero_shot_locally_and_over_http_agree",
+    "test_cli.py::test_batch_writes_in_order_reports_failed_rows_and_resumes",
+    "test_cli.py::test_batch_zero_shot",
+    "test_operations.py::test_a_worker_killed_in_flight_leaves_no_live_gauge_and_its_counts_stay",  # a re-fork
 }
 SLOW_SECONDS = 5.0
 _STARTED_BEFORE = pytest.StashKey[int]()
