@@ -1,6 +1,7 @@
 """``nli-service``: serve, classify one pair, zero-shot a text, or stream a JSONL file through the service.
 
-Exit codes: 0 done; 1 some rows of a batch failed (each reported in the output);
+Exit codes: 0 done; 1 some rows of a batch failed (each reported in the output; after
+``--resume``, which redoes failed rows, those that failed again);
 2 bad usage (arguments, files, zero-shot labels or template); 3 the service could not be
 reached or answered an error; 4 the local model or settings are unusable.
 """
@@ -8,6 +9,8 @@ reached or answered an error; 4 the local model or settings are unusable.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import heapq
 import itertools
 import json
 import math
@@ -98,42 +101,116 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- batch ------------------------------------------------------------------------------
 
 
-Row = tuple[int, Any]  # (row number in the input file, its parsed JSON or the parse error)
+Row = tuple[int, Any]  # (row number in the input file, its parsed JSON or why it is not a row)
+
+
+class BadRow(ValueError):
+    """A line of the input that is not a row: not UTF-8, or not JSON."""
+
+
+def _parse(number: int, line: bytes) -> Any:
+    try:
+        text = line.decode("utf-8-sig" if number == 0 else "utf-8")  # a byte-order mark may open the file
+    except UnicodeDecodeError as error:
+        return BadRow(f"not UTF-8: byte {line[error.start]:#04x} at column {error.start + 1}")
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        return BadRow(f"not JSON: {error}")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The input's non-blank lines with their numbers (from 0, blank lines counted), read as bytes:
+    a line that is not UTF-8 is one bad row, not the end of the job."""
+    with _open(path, "rb") as file:
+        for number, line in enumerate(file):
+            if line.strip():
+                yield number, line
 
 
 def _rows(path: Path, skip: set[int]) -> Iterator[Row]:
-    with _open(path, "r") as file:
-        for number, line in enumerate(file):
-            if line.strip() and number not in skip:
-                try:
-                    yield number, json.loads(line)
-                except ValueError as error:
-                    yield number, error
+    for number, line in _lines(path):
+        if number not in skip:
+            yield number, _parse(number, line)
 
 
-def _resume(out: Path) -> set[int]:
-    """Rows already in ``out``, answered or reported failed (delete a line to redo its row).
+def _answered(line: bytes) -> int | None:
+    """The row a complete output line answers, or None for a failed row or a damaged line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get("row"), int) and "error" not in record:
+        return record["row"]
+    return None
 
-    A last line cut short by an interrupted run is cut off, so its row is redone on a line of its own.
+
+def _resume(out: Path) -> tuple[set[int], int]:
+    """The rows answered in ``out`` (to skip), and how many of its lines are dropped to be redone.
+
+    Rows reported failed are redone, as are damaged lines and a last line cut short by an interrupted
+    run; a row answered twice keeps its first answer. When a line goes, ``out`` is rewritten without
+    it (a new file, renamed over the old), so that it ends up with exactly one record per input row.
     """
     if not out.exists():
-        return set()
+        return set(), 0
     done: set[int] = set()
-    whole = 0  # bytes up to the end of the last complete line
+    dropped = 0
+    keep: list[tuple[int, int]] = []  # (offset, length) of the lines kept
+    offset = 0
     with _open(out, "rb") as file:
         for line in file:
-            if not line.endswith(b"\n"):
-                break
-            whole += len(line)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a damaged line: its row is redone
-            if isinstance(record, dict) and isinstance(record.get("row"), int):
-                done.add(record["row"])
-    if whole < out.stat().st_size:
-        os.truncate(out, whole)
-    return done
+            row = _answered(line) if line.endswith(b"\n") else None
+            if row is None or row in done:
+                dropped += line.strip() != b""
+            else:
+                done.add(row)
+                keep.append((offset, len(line)))
+            offset += len(line)
+    if dropped or offset != sum(length for _, length in keep):
+        _rewrite(out, keep)
+    return done, dropped
+
+
+def _rewrite(out: Path, keep: list[tuple[int, int]]) -> None:
+    """Replace ``out`` by the lines at ``keep``, atomically: an interruption leaves the old file whole."""
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with _open(out, "rb") as old, _open(temporary, "wb") as new:
+            for offset, length in keep:
+                old.seek(offset)
+                new.write(old.read(length))
+            new.flush()
+            os.fsync(new.fileno())
+        os.replace(temporary, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+def _merge_in_order(out: Path, resumed_at: int) -> None:
+    """After a resume, put the redone rows back in input order. ``out`` holds the rows kept (bytes up
+    to ``resumed_at``), then the rows of this run, each part in row order: merge the two, streaming."""
+
+    def part(file: IO[bytes], start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+        file.seek(start)
+        while end is None or file.tell() < end:
+            line = file.readline()
+            if not line:
+                return
+            yield json.loads(line)["row"], line
+
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with _open(out, "rb") as kept, _open(out, "rb") as redone, _open(temporary, "wb") as new:
+            for _, line in heapq.merge(part(kept, 0, resumed_at), part(redone, resumed_at, None)):
+                new.write(line)
+            new.flush()
+            os.fsync(new.fileno())
+        os.replace(temporary, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
 
 
 class BatchJob:
@@ -143,8 +220,8 @@ class BatchJob:
         self.client, self.labels, self.template = client, labels, template
 
     def _payload(self, item: Any) -> Any:
-        if isinstance(item, Exception):
-            raise ValueError(f"not JSON: {item}")
+        if isinstance(item, BadRow):
+            raise item
         if self.labels:
             return item["text"]
         return {"premise": item["premise"], "hypothesis": item["hypothesis"]}
@@ -180,9 +257,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     labels, template = _zero_shot_options(args.labels, args.template) if args.labels else (None, args.template)
     pairs_per_row = len(labels) if labels else 1  # the progress bar counts pairs
-    with _open(args.input, "r") as file:
-        total = sum(1 for line in file if line.strip())
-    skip = _resume(args.output) if args.resume else set()
+    total = sum(1 for _ in _lines(args.input))
+    skip, redo = _resume(args.output) if args.resume else (set(), 0)
+    resumed_at = args.output.stat().st_size if args.resume and args.output.exists() else 0
     client = NLIClient(
         args.url,
         timeout=args.timeout,
@@ -192,9 +269,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
         max_concurrency=args.concurrency,
     )
     job = BatchJob(client, labels, template)
-    chunk_size = min(args.chunk_size, client.max_pairs() // pairs_per_row or 1)
-    written = failed = 0
     rows = _rows(args.input, skip)
+    first = next(rows, None)  # none left (a finished job resumed): the service is not asked anything
+    chunk_size = min(args.chunk_size, client.max_pairs() // pairs_per_row or 1) if first else 1
+    rows = itertools.chain([first] if first else [], rows)
+    written = failed = 0
     groups = iter(lambda: list(itertools.islice(rows, chunk_size)), [])
     with (
         client,
@@ -216,7 +295,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 failed += "error" in record
                 bar.update(pairs_per_row)
             out.flush()
-    print(f"{written} rows written, {failed} failed, {len(skip)} skipped (already done)", file=sys.stderr)
+    if resumed_at and written:
+        _merge_in_order(args.output, resumed_at)
+    # Failed rows are never kept by a resume, so this run's failures are all the output's.
+    redone = f", {redo} of them redone" if redo else ""
+    print(f"{written} rows written{redone}, {failed} failed, {len(skip)} skipped (already answered)", file=sys.stderr)
     return ROWS_FAILED if failed else OK
 
 
@@ -308,7 +391,9 @@ def parser() -> argparse.ArgumentParser:
     batch.add_argument("--rate", type=POSITIVE, help="requests per second at most (token bucket)")
     batch.add_argument("--burst", type=COUNT, default=1, help="requests allowed at once above the rate")
     batch.add_argument("--concurrency", type=COUNT, default=4, help="requests in flight at once")
-    batch.add_argument("--resume", action="store_true", help="skip rows already answered in OUTPUT")
+    batch.add_argument(
+        "--resume", action="store_true", help="skip rows already answered in OUTPUT; redo the rows that failed"
+    )
     batch.add_argument("--chunk-size", type=COUNT, default=32, help="rows per request (at most the server's limit)")
     with_url(batch, required=True)
     batch.set_defaults(run=cmd_batch)
