@@ -165,7 +165,13 @@ class Settings:
         "zero-shot: most characters of model input, texts x labels x (text + hypothesis) (more: 413)",
     )
     request_timeout: float = _setting(
-        "NLI_REQUEST_TIMEOUT", "30", _positive_float, "seconds a request may take (more: 408)"
+        "NLI_REQUEST_TIMEOUT", "20", _positive_float, "seconds a request may take (more: 408)"
+    )
+    drain_seconds: float = _setting(
+        "NLI_DRAIN_SECONDS",
+        "5",
+        _non_negative_float,
+        "on SIGTERM: seconds /ready answers 503 while requests are still served, before stopping",
     )
     client_timeout: float = _setting(
         "NLI_CLIENT_TIMEOUT",

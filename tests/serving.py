@@ -58,6 +58,7 @@ def service_env(**settings: object) -> dict[str, str]:
     """The test process's environment without NLI_* leftovers, plus ``settings``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("NLI_", "PROMETHEUS_"))}
     env.update({"NLI_HOST": "127.0.0.1", "NLI_PORT": str(free_port()), "NLI_METRICS_PORT": str(free_port())})
+    env["NLI_DRAIN_SECONDS"] = "0"  # tests stop their services at once; tests/test_drain.py sets it
     env.update({key: str(value) for key, value in settings.items()})
     return env
 

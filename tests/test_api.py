@@ -268,7 +268,7 @@ def test_health_ready_and_model(client, model_dir: Path) -> None:
     assert info["labels"] == ["contradiction", "entailment", "neutral"]
     assert (info["device"], info["dtype"], info["batch_size"]) == ("cpu", "float32", Settings.from_env({}).batch_size)
     assert info["max_length"] == 128 and info["parameters"] > 0 and info["load_seconds"] >= 0
-    assert (info["max_pairs"], info["max_body_bytes"], info["request_timeout"]) == (256, 1024 * 1024, 30)
+    assert (info["max_pairs"], info["max_body_bytes"], info["request_timeout"]) == (256, 1024 * 1024, 20)
 
 
 def test_without_a_model_ready_is_503_and_predict_is_503(make_app) -> None:

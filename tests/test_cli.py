@@ -127,15 +127,17 @@ def test_batch_writes_in_order_reports_failed_rows_and_resumes(tiny_server, tmp_
     lines = out.read_text().splitlines()
     out.write_text("".join(line + "\n" for line in lines[:10]) + lines[10][:15])  # interrupted mid-line
     second = run("batch", str(source), "-o", str(out), "--url", tiny_server.url, "--resume")
-    assert "11 rows written" in second.stderr and "10 skipped" in second.stderr
+    # the failed row 7 is redone, and the cut row 10 with the rest: 9 answered rows are skipped
+    assert "12 rows written, 2 of them redone, 3 failed, 9 skipped" in second.stderr, second.stderr
     resumed = [json.loads(line) for line in out.read_text().splitlines()]  # none glued to the cut one
     assert [(r["row"], r.get("label"), r.get("error")) for r in resumed] == [
         (r["row"], r.get("label"), r.get("error")) for r in records
     ]
 
     third = run("batch", str(source), "-o", str(out), "--url", tiny_server.url, "--resume")
-    assert third.returncode == 0 and "0 rows written" in third.stderr and "21 skipped" in third.stderr
-    assert len(out.read_text().splitlines()) == 21
+    # the 3 bad rows are tried again (and fail again: exit 1); the 18 answered ones are skipped
+    assert third.returncode == 1 and "3 rows written" in third.stderr and "18 skipped" in third.stderr
+    assert [json.loads(line)["row"] for line in out.read_text().splitlines()] == list(range(21))
 
 
 def test_batch_zero_shot(tiny_server, tmp_path: Path) -> None:

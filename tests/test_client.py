@@ -55,7 +55,7 @@ def test_health_and_model_info_are_typed_and_frozen(tiny_server) -> None:
     assert health.status == "ok" and health.model == info.id and health.fallback is False
     assert isinstance(health.pid, int) and health.uptime_seconds > 0 and health.model_loaded_at
     assert sorted(info.labels) == ["contradiction", "entailment", "neutral"] and isinstance(info.labels, tuple)
-    assert info.max_pairs == 4 and info.max_body_bytes == 1048576 and info.request_timeout == 30
+    assert info.max_pairs == 4 and info.max_body_bytes == 1048576 and info.request_timeout == 20
     assert info.source == "local" and info.device == "cpu" and info.parameters > 0
     assert info.raw["max_pairs"] == 4 and info.raw["model_type"] == "bert" and health.raw["pid"] == health.pid
     with pytest.raises(dataclasses.FrozenInstanceError):

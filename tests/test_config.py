@@ -27,7 +27,7 @@ def test_defaults_match_the_documented_table() -> None:
     assert settings.max_length is None
     assert settings.max_pairs == 256
     assert settings.max_body_bytes == 1024 * 1024
-    assert settings.request_timeout == 30
+    assert settings.request_timeout == 20
     assert (settings.log_dir, settings.log_level) == ("logs", "INFO")
     assert settings.metrics_port == 8000
     assert (settings.host, settings.port) == ("0.0.0.0", 5000)

@@ -61,22 +61,44 @@ def predict_count(service) -> float:
     return metric_sum(scrape(service.metrics_url), "nli_request_total", endpoint="/predict", status="200")
 
 
-class SlowUpload:
-    """A /predict whose body arrives only when :meth:`finish` is called: until then a sync
-    worker sits inside the request (counted in flight), reading the body."""
+HELD_CONF = """\
+from nli_service.server.gunicorn_conf import *  # noqa: F403 -- the real settings and hooks
+import os
+import time
+from pathlib import Path
+from nli_service.inference.engine import NLIEngine
 
-    def __init__(self, service) -> None:
-        body = json.dumps(PAIR).encode()
+_encode = NLIEngine.encode
+
+
+def _held_encode(self, pairs):
+    for pair in pairs:  # a premise "HOLD <name>" waits until the test creates GATES_DIR/<name>
+        if pair.premise.startswith("HOLD "):
+            gate, give_up = Path(os.environ["GATES_DIR"]) / pair.premise.split()[1], time.monotonic() + 15
+            while not gate.exists() and time.monotonic() < give_up:
+                time.sleep(0.01)
+    return _encode(self, pairs)
+
+
+NLIEngine.encode = _held_encode
+"""
+
+
+class HeldRequest:
+    """A /predict that stays in flight inside a worker until :meth:`finish` releases it."""
+
+    def __init__(self, service, name: str) -> None:
+        self.gate = Path(service.env["GATES_DIR"]) / name
+        body = json.dumps({"premise": f"HOLD {name}", "hypothesis": "A person plays music."}).encode()
         head = (
             "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
-        self.rest = body[5:]
         self.sock = socket.create_connection(("127.0.0.1", int(service.env["NLI_PORT"])), timeout=20)
-        self.sock.sendall(head + body[:5])
+        self.sock.sendall(head + body)
 
     def finish(self) -> bytes:
-        self.sock.sendall(self.rest)
+        self.gate.touch()
         return self.read()
 
     def read(self) -> bytes:
@@ -90,6 +112,7 @@ class SlowUpload:
         return received
 
     def close(self) -> None:
+        self.gate.touch()
         self.sock.close()
 
 
@@ -152,24 +175,38 @@ def test_a_scrape_racing_a_starting_workers_new_metrics_file_still_succeeds(tmp_
 # -- a worker that dies --------------------------------------------------------------
 
 
-def test_a_worker_killed_in_flight_leaves_no_live_gauge_and_its_counts_stay(tiny_server) -> None:
-    service = tiny_server  # 2 workers
+@pytest.fixture(scope="module")
+def sync_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory, module_services):
+    """2 sync workers (one request each at a time) whose requests can be held in flight (HELD_CONF)."""
+    work = tmp_path_factory.mktemp("sync-held")
+    (work / "gates").mkdir()
+    (work / "held_conf.py").write_text(HELD_CONF)
+    env = service_env(
+        NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="sync", NLI_LOG_DIR=work, GATES_DIR=work / "gates"
+    )
+    command = [sys.executable, "-m", "gunicorn", "-c", str(work / "held_conf.py"), "wsgi:app"]
+    with module_services.running(command, env) as service:
+        yield service
+
+
+def test_a_worker_killed_in_flight_leaves_no_live_gauge_and_its_counts_stay(sync_server) -> None:
+    service = sync_server  # 2 workers
     master = service.process.pid
     wait_for(lambda: len(worker_pids(master)) == 2, what="two workers")
     assert in_flight(service) == 0
     predicted_before = predict_count(service)
-    first = SlowUpload(service)  # occupies one worker, X
+    first = HeldRequest(service, "first")  # occupies one worker, X
     second = None
     try:
-        wait_for(lambda: in_flight(service) == 1, what="the first upload in flight")
+        wait_for(lambda: in_flight(service) == 1, what="the first request in flight")
         # X is busy, so the other worker, Y, answers all of these.
         doomed = requests.get(f"{service.url}/health", timeout=10).json()["pid"]
         for _ in range(3):
             assert requests.post(f"{service.url}/predict", json=PAIR, timeout=10).status_code == 200
-        second = SlowUpload(service)  # only Y accepts: Y is now in flight
-        wait_for(lambda: in_flight(service) == 2, what="both uploads in flight")
+        second = HeldRequest(service, "second")  # only Y accepts: Y is now in flight
+        wait_for(lambda: in_flight(service) == 2, what="both requests in flight")
         assert b" 200 " in first.finish().split(b"\r\n", 1)[0]  # X answers and is idle again
-        wait_for(lambda: in_flight(service) == 1, what="only the second upload in flight")
+        wait_for(lambda: in_flight(service) == 1, what="only the second request in flight")
         assert requests.get(f"{service.url}/health", timeout=10).json()["pid"] != doomed, "Y is the busy one"
         assert predict_count(service) - predicted_before == 4
 

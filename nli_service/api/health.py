@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from nli_service.api import service
 from nli_service.api.errors import error_response
@@ -35,6 +35,9 @@ def ready():
     nli = service.loaded_service()
     if nli is None:
         return error_response("the model is not loaded yet", 503, {"Retry-After": "5"})
+    draining = current_app.config.get("DRAINING")  # set by the server: whether it is stopping
+    if draining is not None and draining():
+        return error_response("the server is stopping; send new requests elsewhere", 503, {"Retry-After": "5"})
     return {"status": "ready", "model": nli.model_id}
 
 

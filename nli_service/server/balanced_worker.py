@@ -30,6 +30,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from nli_service.config import Settings
 from nli_service.server.slow_clients import RequestBuffer, answer_too_slow
+from nli_service.server.stopping import queued_connection, refuse_new_connections, server_stopping
 from nli_service.server.worker_table import NOT_ACCEPTING, TABLE
 
 MAX_DEFER = 0.01  # seconds a busier worker leaves a new connection to a less busy one
@@ -38,6 +39,7 @@ COMPATIBLE_GUNICORN = ((27, 0), (27, 1))  # [from, to) major.minor, as pinned in
 _OVERRIDDEN_METHODS = ("accept", "set_accept_enabled", "enqueue_req", "handle", "murder_pending")
 _OVERRIDDEN_ATTRIBUTES = ("self.nr_conns", "self._accepting", "self.poller", "conn.data_ready", "conn.init()")
 _READ_CHUNK = 64 * 1024
+MAX_BACKLOG_ON_STOP = 2048  # connections a stopping worker takes from the backlog, at most
 
 
 def incompatibility(worker: type = ThreadWorker, version: tuple[int, ...] | None = None) -> str | None:
@@ -77,6 +79,8 @@ class BalancedThreadWorker(ThreadWorker):
             TABLE.publish_connections(self.slot, value)
 
     def set_accept_enabled(self, enabled: bool) -> None:
+        if not enabled and not self.alive:
+            self._accept_backlog()
         super().set_accept_enabled(enabled)
         TABLE.publish_connections(self.slot, self._connections if enabled else NOT_ACCEPTING)
 
@@ -84,6 +88,18 @@ class BalancedThreadWorker(ThreadWorker):
         if self._busier_than_a_peer() and self._taken_by_a_peer(listener):
             return
         super().accept(listener)
+
+    def _accept_backlog(self) -> None:
+        """The server is stopping: refuse new connections, and take those already waiting in the
+        listen backlog so they are answered rather than reset (``stopping``)."""
+        if not server_stopping():
+            return  # recycled while the server runs on: the peers take the backlog
+        for listener in self.sockets:
+            refuse_new_connections(listener)
+            for _ in range(MAX_BACKLOG_ON_STOP):
+                if not queued_connection(listener):
+                    break
+                ThreadWorker.accept(self, listener)  # no deferring to peers now
 
     def _taken_by_a_peer(self, listener: Any) -> bool:
         """Leave the pending connection to less busy workers for up to ``MAX_DEFER``: whether one took it."""

@@ -14,7 +14,9 @@ hooks.prepare_metrics_dir()  # before anything imports prometheus_client
 bind = f"{settings.host}:{settings.port}"
 workers = settings.workers
 worker_class = hooks.worker_class(settings)
-threads = settings.threads
+threads = (
+    settings.threads if settings.worker_class == "gthread" else 1
+)  # sync + threads: Gunicorn would swap in gthread
 preload_app = hooks.can_preload(settings)
 timeout = hooks.worker_timeout(settings)
 graceful_timeout = hooks.graceful_timeout(settings)

@@ -91,8 +91,33 @@ def worker_timeout(settings: Settings) -> int:
 
 
 def graceful_timeout(settings: Settings) -> int:
-    """On SIGTERM, in-flight requests get their whole deadline to finish."""
-    return math.ceil(settings.request_timeout) + 5
+    """Once workers are told to stop, in-flight requests get their whole deadline to finish. With the
+    defaults, NLI_DRAIN_SECONDS + this (5 + 22 s) fits Kubernetes' default 30 s termination grace."""
+    return math.ceil(settings.request_timeout) + 2
+
+
+def drain_on_sigterm(server: Any, settings: Settings) -> None:
+    """The first SIGTERM makes /ready answer 503 in every worker while requests are still served, so
+    load balancers stop sending; Gunicorn's graceful stop follows NLI_DRAIN_SECONDS later (at once
+    on a second SIGTERM). Workers answer what is already in the listen backlog before exiting."""
+    import signal
+    import threading
+
+    from nli_service.server.worker_table import TABLE
+
+    stop_now = server.handle_term
+
+    def handle_term() -> None:
+        if TABLE.draining() or settings.drain_seconds <= 0:
+            TABLE.start_draining()  # workers answer the listen backlog as they stop
+            stop_now()
+        TABLE.start_draining()
+        server.log.info("SIGTERM: /ready answers 503; stopping in %s s", settings.drain_seconds)
+        timer = threading.Timer(settings.drain_seconds, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
+
+    server.handle_term = handle_term
 
 
 class JsonLogger(glogging.Logger):
@@ -119,6 +144,7 @@ def when_ready(server: Any) -> None:
     from nli_service.server.startup import start_metrics_or_exit
 
     settings = Settings.from_env()
+    drain_on_sigterm(server, settings)
     if settings.metrics_port:
         start_metrics_or_exit(settings)
         server.log.info("metrics on %s:%s/metrics", settings.host, settings.metrics_port)
@@ -145,6 +171,7 @@ def post_worker_init(worker: Any) -> None:
     slot = getattr(worker, "slot", None)  # only gthread's BalancedThreadWorker has one
     batching = isinstance(worker, ThreadWorker)  # requests arrive on several threads: batch them
     prepare_worker(WorkerContext(threads, batching, TABLE if slot is not None else None, slot))
+    worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -9,12 +9,16 @@ in front (nginx, ``deploy/nginx``) to keep a flood of slow clients away altogeth
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gunicorn.workers.sync import SyncWorker
 
 from nli_service.config import Settings
 from nli_service.server.slow_clients import ClientTooSlow, ReadDeadlineSocket, answer_too_slow, read_body_now
+from nli_service.server.stopping import queued_connection, refuse_new_connections, server_stopping
+
+BACKLOG_SECONDS = 5.0
 
 
 class BoundedSyncWorker(SyncWorker):
@@ -24,6 +28,26 @@ class BoundedSyncWorker(SyncWorker):
         settings = Settings.from_env()
         self.client_timeout, self.max_body_bytes = settings.client_timeout, settings.max_body_bytes
         super().__init__(*args, **kwargs)
+
+    def run(self) -> None:
+        super().run()
+        self._serve_backlog()
+
+    def _serve_backlog(self) -> None:
+        """The server is stopping: refuse new connections, and answer those already waiting in the
+        listen backlog rather than leave them to be reset (``stopping``); at most for ``BACKLOG_SECONDS``."""
+        if not server_stopping():
+            return  # recycled while the server runs on: the peers take the backlog
+        give_up = time.monotonic() + BACKLOG_SECONDS
+        for listener in self.sockets:
+            refuse_new_connections(listener)
+            while time.monotonic() < give_up and queued_connection(listener):
+                try:
+                    client, addr = listener.accept()
+                except OSError:  # taken by a peer meanwhile, or the listener is gone
+                    break
+                client.setblocking(True)
+                self.handle(listener, client, addr)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         super().handle(listener, ReadDeadlineSocket(client, self.client_timeout), addr)

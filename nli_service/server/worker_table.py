@@ -22,13 +22,21 @@ def _now_ms() -> int:
 
 class WorkerTable:
     def __init__(self, slots: int = 256) -> None:
-        self._memory = mmap.mmap(-1, slots * 12)
+        self._memory = mmap.mmap(-1, slots * 12 + 4)
         view = memoryview(self._memory).cast("i")
         self._connections, self._computing = view[:slots], view[slots : 2 * slots]
-        self._idle_since = view[2 * slots :]  # milliseconds of the monotonic clock, shared by processes
+        self._idle_since = view[2 * slots : 3 * slots]  # milliseconds of the monotonic clock, shared by processes
+        self._server = view[3 * slots :]  # [0]: 1 once the server drains (SIGTERM received)
         self._taken: set[int] = set()
         for slot in range(slots):
             self._connections[slot] = NOT_ACCEPTING
+
+    def start_draining(self) -> None:
+        """The server is stopping: every worker's /ready answers 503 from now on."""
+        self._server[0] = 1
+
+    def draining(self) -> bool:
+        return self._server[0] == 1
 
     def claim(self) -> int | None:
         """A free slot, or None when every slot is taken (that worker then shares nothing)."""
