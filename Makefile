@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test test-fast lint bench profile train eval clean
+.PHONY: install run dev test test-fast lint bench profile train eval clean fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP) ## the whole test suite (what CI runs)
 
 test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (under a minute)
 	$(BIN)/python -m pytest -q -m "not server and not slow"
+
+fuzz: $(STAMP) ## schemathesis (2,400 requests over every operation of /openapi.json) + hypothesis on validation; exit 1 on any failure
+	$(BIN)/python -m fuzz $(ARGS)
 
 bench: $(STAMP) ## throughput / latency / memory of the real service; writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
