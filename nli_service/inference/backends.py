@@ -34,7 +34,7 @@ from nli_service.inference import int8
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
-EXPORTER = "dynamo"  # part of the cache key, with the opset: torch.onnx.export(..., dynamo=True)
+EXPORTER = "dynamo-eager"  # part of the cache key, with the opset: torch.onnx.export(..., dynamo=True)
 BUILD_TIMEOUT = 600.0
 """Seconds an export child process may take before it is killed and loading fails."""
 _RACY_SECONDS = 2.0  # a file changed this recently may change again within one timestamp tick: never memoised
@@ -203,21 +203,27 @@ class OnnxBackend:
         command += ["--quantize", quantize, "--inputs", ",".join(input_names), "--opset", str(ONNX_OPSET)]
         if self.calibration is not None:
             command += ["--calibration", str(self.calibration)]
-        _build_once(self.path, command, "ONNX export")
+        self._command = command
+        self._session: Any = None
+        self._open_or_rebuild(threads=1, optimise=False)  # a broken cache fails here, in the master, not in workers
+
+    def _open_or_rebuild(self, threads: int, optimise: bool) -> Any:
+        """The session over the cached file, exporting it first if it is missing, and again once if it
+        cannot be opened (a corrupt file, or one deleted meanwhile: a worker started later rebuilds it)."""
+        _build_once(self.path, self._command, "ONNX export")
         found = _identity(self.path)
         try:
-            self._open(threads=1, optimise=False)
+            return self._open(threads, optimise)
         except Exception as error:  # noqa: BLE001 -- ORT's own exception types (InvalidProtobuf, Fail, ...)
             log.warning(
                 "the cached ONNX model cannot be opened: rebuilding it",
                 extra={"path": str(self.path), "error": str(error).splitlines()[0] if str(error) else repr(error)},
             )
-            _build_once(self.path, command, "ONNX export", discard=found)
+            _build_once(self.path, self._command, "ONNX export", discard=found)
             try:
-                self._open(threads=1, optimise=False)
+                return self._open(threads, optimise)
             except Exception as again:  # noqa: BLE001
                 raise RuntimeError(f"the ONNX model {self.path} cannot be opened, even rebuilt: {again}") from None
-        self._session: Any = None
 
     def _open(self, threads: int, optimise: bool = True) -> Any:
         import onnxruntime as ort
@@ -230,7 +236,7 @@ class OnnxBackend:
         return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def start(self, threads: int) -> None:
-        self._session = self._open(threads)
+        self._session = self._open_or_rebuild(threads, optimise=True)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self._session is None:

@@ -162,7 +162,11 @@ def export(
     model_dir: str, output: Path, input_names: list[str], quantize: str, opset: int, calibration: Path | None = None
 ) -> None:
     torch.set_num_threads(1)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # Eager attention: traced by torch.export, SDPA becomes a longer graph (slices, concats, NaN
+    # guards) that ONNX Runtime runs slower; the eager form is plain MatMul / Softmax.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sample = tokenizer(
         ["a premise to trace", "a longer premise to trace the model"], ["a", "b c"], padding=True, return_tensors="pt"
