@@ -302,24 +302,43 @@ def _success_problem(route: str, body: Any, answer: Any) -> str | None:
 MODEL_NAME_FIELDS = ("model", "id", "requested_model", "path")
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string in decoded JSON, keys included (iteratively: the JSON may nest deeply)."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _decoded(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # [[[...]]] deeper than the stack
+        return None
+
+
 def leaks(text: str, secrets: Iterable[str] = (), sent: str = "") -> list[str]:
     """The markers of a traceback or a source path in ``text``, and any of ``secrets`` (the model folder).
 
-    A marker the request itself carried is not a leak (an error message may quote the client), nor a
-    secret in a top-level field of :data:`MODEL_NAME_FIELDS` of a JSON object.
+    JSON is read as decoded (``"File \\"x"`` shows ``File "``). A marker the request itself carried is
+    not a leak (an error message may quote the client), nor a secret in a top-level field of
+    :data:`MODEL_NAME_FIELDS` of a JSON object.
     """
-    found = [marker for marker in LEAK_MARKERS if marker in text and marker not in sent]
-    secrets = [secret for secret in secrets if secret and secret in text and secret not in sent]
-    if secrets:
-        try:
-            answer = json.loads(text)
-        except ValueError:
-            answer = None
-        if isinstance(answer, dict):
-            rest = {key: value for key, value in answer.items() if key not in MODEL_NAME_FIELDS}
-            text = json.dumps(rest, ensure_ascii=False)
-            text += text.replace("/", "\\/")  # "\/" is JSON for "/" too
-        found += [secret for secret in secrets if secret in text]
+    answer = _decoded(text)
+    everything = "\n".join([text, *_strings(answer)])
+    sent = "\n".join([sent, *_strings(_decoded(sent))])
+    found = [marker for marker in LEAK_MARKERS if marker in everything and marker not in sent]
+    if isinstance(answer, dict):
+        answer = {key: value for key, value in answer.items() if key not in MODEL_NAME_FIELDS}
+    haystack = text if answer is None else "\n".join(_strings(answer))
+    found += [secret for secret in secrets if secret and secret in haystack and secret not in sent]
     return found
 
 
@@ -345,7 +364,7 @@ def answer_problems(
         if body is None:  # raw bytes: what the service decoded (json.loads also reads UTF-16 and UTF-32)
             try:
                 body = json.loads(sent.data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = None
         if not isinstance(body, dict):
             problems.append("200 for a body that is not a JSON object")
