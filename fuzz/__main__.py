@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 import time
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-examples", type=int, default=2000, help="hypothesis bodies per route (2000)")
     parser.add_argument("--workers", type=int, default=2, help="Gunicorn workers (2)")
     parser.add_argument("--worker-class", default="gthread", help="NLI_WORKER_CLASS (gthread)")
-    parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
+    parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: drawn, and printed)")
     args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)  # --seed SEED runs the same cases again
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is local; nothing to ask the hub
     sys.path.insert(0, str(PROJECT_ROOT / "tests"))
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nli-fuzz-") as scratch:
         model_dir = build_model(Path(scratch) / "tiny-bert")
         secrets = [str(model_dir)]
-        print(f"model: {model_dir}; seed: {args.seed if args.seed is not None else 'random'}", flush=True)
+        print(f"model: {model_dir}; seed: {seed} (python -m fuzz --seed {seed} repeats this run)", flush=True)
 
         env = serving.service_env(
             NLI_MODEL=model_dir,
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.examples,
                 get_examples=args.get_examples,
                 secrets=secrets,
-                seed=args.seed,
+                seed=seed,
                 on_found=lambda found: print(f"  found: {found.operation} [{found.check}] {found.title}", flush=True),
             )
         print(api.summary(report))
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             **validation.APP_SETTINGS,
         }
         app = create_app(config)
-        checked = validation.run(app.test_client(), args.validation_examples, secrets=secrets, seed=args.seed)
+        checked = validation.run(app.test_client(), args.validation_examples, secrets=secrets, seed=seed)
         print(validation.summary(checked))
         failed |= bool(checked.failures)
 
