@@ -372,7 +372,11 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ("ONNX int8 / torch fp32 (raw, batch 32, same rounds)", speed["onnx/int8"], 2.5),
         ("4 workers' PSS / one process (lower is better)", naive["pss_mib"]["total"] / result["single_pss_mib"], 1.5),
         ("p99 at c=1 / raw batch-1 p99 latency, same pairs (lower is better)", c1_p99 / raw["batch_1_p99_ms"], 1.3),
-        ("long tail: sorted / unsorted, both batch 8 (the naive set-up's)", tail["sorted_b8"] / tail["unsorted_b8"], 3.0),
+        (
+            "long tail: sorted / unsorted, both batch 8 (the naive set-up's)",
+            tail["sorted_b8"] / tail["unsorted_b8"],
+            3.0,
+        ),
         ("long tail: sorted / unsorted, both batch 32", tail["sorted_b32"] / tail["unsorted_b32"], 3.0),
     ]
     return [

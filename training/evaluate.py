@@ -275,9 +275,7 @@ def main() -> None:
     parser.add_argument(
         "--through-service", action="store_true", help="also score SNLI test through the started Gunicorn service"
     )
-    parser.add_argument(
-        "--compare-backends", action="store_true", help="also score SNLI test with ONNX fp32 / int8"
-    )
+    parser.add_argument("--compare-backends", action="store_true", help="also score SNLI test with ONNX fp32 / int8")
     parser.add_argument("--write-card", action="store_true", help="put the table in the model card and README")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()

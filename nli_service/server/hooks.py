@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any
 
 from gunicorn import glogging
@@ -24,6 +25,8 @@ from nli_service.config import ConfigError, Settings, uses_gpu
 from nli_service.server.startup import exit_on_startup_error
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_BOOT_ERROR = 3  # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR: the master halts on it
+WORKER_START_FAILED = 1  # any other code: the master replaces the worker
 _metrics_dir_prepared = False
 
 
@@ -170,8 +173,29 @@ def post_worker_init(worker: Any) -> None:
     threads = Settings.from_env().torch_threads_for(worker.cfg.workers)
     slot = getattr(worker, "slot", None)  # only gthread's BalancedThreadWorker has one
     batching = isinstance(worker, ThreadWorker)  # requests arrive on several threads: batch them
-    prepare_worker(WorkerContext(threads, batching, TABLE if slot is not None else None, slot))
+    try:
+        prepare_worker(WorkerContext(threads, batching, TABLE if slot is not None else None, slot))
+    except Exception as error:  # noqa: BLE001 - decided below: halt the server, or let it replace this worker
+        _worker_failed_to_start(worker, error)
     worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains
+    TABLE.worker_started()
+
+
+WORKER_RETRY_SECONDS = 2.0
+
+
+def _worker_failed_to_start(worker: Any, error: Exception) -> None:
+    """A worker that cannot start (a backend that will not open, a warm-up that fails) must not stop
+    a server whose other workers serve: it exits with an ordinary failure and Gunicorn replaces it,
+    after a pause so a lasting fault does not spin. Only when no worker has ever started is it a
+    start-up failure: Gunicorn's boot-error code then stops the server, with the reason logged."""
+    from nli_service.server.worker_table import TABLE
+
+    worker.log.error("worker %s failed to start: %s", worker.pid, error, exc_info=True)
+    if not TABLE.any_worker_started():
+        sys.exit(WORKER_BOOT_ERROR)
+    time.sleep(WORKER_RETRY_SECONDS)
+    sys.exit(WORKER_START_FAILED)
 
 
 def child_exit(server: Any, worker: Any) -> None:

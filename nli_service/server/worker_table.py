@@ -22,11 +22,11 @@ def _now_ms() -> int:
 
 class WorkerTable:
     def __init__(self, slots: int = 256) -> None:
-        self._memory = mmap.mmap(-1, slots * 12 + 4)
+        self._memory = mmap.mmap(-1, slots * 12 + 8)
         view = memoryview(self._memory).cast("i")
         self._connections, self._computing = view[:slots], view[slots : 2 * slots]
         self._idle_since = view[2 * slots : 3 * slots]  # milliseconds of the monotonic clock, shared by processes
-        self._server = view[3 * slots :]  # [0]: 1 once the server drains (SIGTERM received)
+        self._server = view[3 * slots :]  # [0]: 1 once the server drains (SIGTERM received); [1]: workers started
         self._taken: set[int] = set()
         for slot in range(slots):
             self._connections[slot] = NOT_ACCEPTING
@@ -37,6 +37,13 @@ class WorkerTable:
 
     def draining(self) -> bool:
         return self._server[0] == 1
+
+    def worker_started(self) -> None:
+        """A worker finished starting (the count is approximate under races; only zero matters)."""
+        self._server[1] += 1
+
+    def any_worker_started(self) -> bool:
+        return self._server[1] > 0
 
     def claim(self) -> int | None:
         """A free slot, or None when every slot is taken (that worker then shares nothing)."""
