@@ -256,7 +256,9 @@ def test_a_sigterm_while_a_worker_warms_up_stops_the_server_promptly(model_dir: 
     env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_LOG_DIR=tmp_path, WARMING_UP_FILE=warming_up)
     service = services.start([sys.executable, "-m", "gunicorn", "-c", str(config), "wsgi:app"], env)  # graceful: 35 s
     try:
-        wait_for(lambda: service.process.poll() is not None or warming_up.exists(), what="a worker warming up")
+        wait_for(
+            lambda: service.process.poll() is not None or warming_up.exists(), timeout=90, what="a worker warming up"
+        )
         assert service.process.poll() is None, service.output()
         service.process.send_signal(signal.SIGTERM)  # the worker is in its 2 s warm-up
         try:
