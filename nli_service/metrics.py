@@ -27,6 +27,11 @@ BATCH_TOKENS = Histogram(
 PAIRS = Counter("nli_pairs", "Pairs scored (by /predict, /batch-predict and /zero-shot)")
 PREDICTED_LABELS = Counter("nli_predicted_label", "Predicted labels", ["label"])
 IN_FLIGHT = Gauge("nli_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
+QUEUED_PAIRS = Gauge(
+    "nli_queued_pairs",
+    "Pairs waiting in the workers' batchers (or being tokenised for them)",
+    multiprocess_mode="livesum",
+)
 REQUEST_TIMEOUTS = Counter("nli_request_timeouts", "Requests answered 408 after their deadline")
 DROPPED = Counter(
     "nli_requests_dropped",

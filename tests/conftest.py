@@ -73,6 +73,10 @@ SLOW_TESTS = {  # file::name (every parametrization) or file::name[id]: slow tes
     "test_slow_clients.py::test_a_request_that_arrives_in_pieces_within_the_time_is_served",
     "test_overload.py::test_over_real_gunicorn_a_client_that_hangs_up_while_queued_is_not_computed",
     "test_drain.py::test_sigterm_under_load_answers_every_accepted_request",
+    "test_layers.py::test_the_engine_loads_neither_flask_nor_gunicorn",  # imports torch in a child process
+    "test_layers.py::test_the_import_contracts_in_pyproject_hold",
+    "test_cli.py::test_an_unusable_local_model_exits_4_with_the_reason",  # imports torch in a child process
+    "test_faults.py::test_when_no_worker_ever_starts_the_server_stops_with_the_reason",
     # the CLI run as subprocesses against tiny_server, 2-3 runs each (torch's import alone takes seconds)
     "test_cli.py::test_predict_over_http_and_locally_agree",
     "test_cli.py::test_zero_shot_locally_and_over_http_agree",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REORDERED_ID2LABEL, engine_of
 from model_factory import SAMPLE_PAIRS
+from serving import wait_for
 
 from nli_service.config import Settings
 from nli_service.inference.types import NLI_LABELS, Pair
@@ -164,6 +165,12 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_the_request_id(clien
 # -- timeouts ------------------------------------------------------------------------
 
 
+def queued_pairs() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("nli_queued_pairs") or 0.0
+
+
 def _slow_forward(engine, seconds: float):
     original = engine.forward
 
@@ -244,9 +251,9 @@ def test_an_overloaded_threaded_worker_answers_429_with_retry_after(make_app, mo
     threads = [threading.Thread(target=call) for _ in range(5)]  # 1 computing, 2 queued, 2 refused
     threads[0].start()
     assert computing.wait(5)
-    for thread in threads[1:]:
-        thread.start()
-        time.sleep(0.02)
+    for started, thread in enumerate(threads[1:], start=1):
+        thread.start()  # then wait until it is queued (2 fit) or refused, so they arrive in order
+        wait_for(lambda n=started: queued_pairs() + len(responses) >= n, timeout=10, what=f"request {started} settled")
     for thread in threads:
         thread.join()
     statuses = sorted(response.status_code for response in responses)

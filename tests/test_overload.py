@@ -148,7 +148,9 @@ def test_over_real_gunicorn_a_client_that_hangs_up_while_queued_is_not_computed(
         )
         with socket.create_connection(("127.0.0.1", int(env["NLI_PORT"]))) as hangs_up:
             hangs_up.sendall(head.encode() + b"\r\n\r\n" + body)
-            time.sleep(0.2)  # the request reaches the batcher's queue; then the client hangs up
+            wait_for(  # the request waits in the batcher's queue; then the client hangs up
+                lambda: metric_sum(scrape(service.metrics_url), "nli_queued_pairs") == 3, what="the request queued"
+            )
         busy.join(60)
         wait_for(
             lambda: metric_sum(scrape(service.metrics_url), "nli_requests_dropped_total", reason="client_gone") == 1,

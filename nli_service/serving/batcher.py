@@ -138,10 +138,12 @@ class MicroBatcher:
             if self.max_queued_pairs and self._queued_pairs and self._queued_pairs + pairs > self.max_queued_pairs:
                 raise Overloaded(self._queued_pairs, self.max_queued_pairs)
             self._queued_pairs += pairs
+            metrics.QUEUED_PAIRS.inc(pairs)
 
     def _release(self, pairs: int) -> None:
         with self._condition:
             self._queued_pairs -= pairs
+            metrics.QUEUED_PAIRS.dec(pairs)
 
     def _encode(self, pairs: Sequence[Pair]) -> Encoded:
         """Tokenise in the request's thread; meanwhile the batcher may wait for this request."""
@@ -165,6 +167,7 @@ class MicroBatcher:
                 if self._queue:
                     jobs.append(self._queue.popleft())
                     self._queued_pairs -= jobs[-1].size
+                    metrics.QUEUED_PAIRS.dec(jobs[-1].size)
                     continue
                 remaining = wait_until - time.monotonic()
                 if remaining <= 0 or (self._arriving == 0 and len(jobs) >= expected):
