@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test test-fast lint bench profile train eval clean fuzz
+.PHONY: install run dev test test-fast lint bench profile train eval clean fuzz soak chaos
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (
 
 fuzz: $(STAMP) ## schemathesis (2,400 requests over every operation of /openapi.json) + hypothesis on validation; exit 1 on any failure
 	$(BIN)/python -m fuzz $(ARGS)
+
+soak: $(STAMP) ## 20 min of full mixed load (locust) on the default layout: 0 5xx, worker RSS +< 5 %, p99 stable; docs/soak.png, docs/reliability.md
+	$(BIN)/python -m reliability.soak $(ARGS)
+
+chaos: $(STAMP) ## kill -9 a worker, SIGTERM the master, stalled-client flood and template attacks under load, then goodput; exit 1 on failure
+	$(BIN)/python -m reliability.chaos $(ARGS)
 
 bench: $(STAMP) ## throughput / latency / memory of the real service; writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
