@@ -174,12 +174,19 @@ def _resume(out: Path) -> tuple[set[int], int]:
 
 def _rewrite(out: Path, keep: list[tuple[int, int]]) -> None:
     """Replace ``out`` by the lines at ``keep``, atomically: an interruption leaves the old file whole."""
+    with _replacing(out) as new, _open(out, "rb") as old:
+        for offset, length in keep:
+            old.seek(offset)
+            new.write(old.read(length))
+
+
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[IO[bytes]]:
+    """A file that replaces ``out`` when the block ends without error (never a half-written ``out``)."""
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with _open(out, "rb") as old, _open(temporary, "wb") as new:
-            for offset, length in keep:
-                old.seek(offset)
-                new.write(old.read(length))
+        with _open(temporary, "wb") as new:
+            yield new
             new.flush()
             os.fsync(new.fileno())
         os.replace(temporary, out)
@@ -200,17 +207,9 @@ def _merge_in_order(out: Path, resumed_at: int) -> None:
                 return
             yield json.loads(line)["row"], line
 
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with _open(out, "rb") as kept, _open(out, "rb") as redone, _open(temporary, "wb") as new:
-            for _, line in heapq.merge(part(kept, 0, resumed_at), part(redone, resumed_at, None)):
-                new.write(line)
-            new.flush()
-            os.fsync(new.fileno())
-        os.replace(temporary, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
+    with _replacing(out) as new, _open(out, "rb") as kept, _open(out, "rb") as redone:
+        for _, line in heapq.merge(part(kept, 0, resumed_at), part(redone, resumed_at, None)):
+            new.write(line)
 
 
 class BatchJob:

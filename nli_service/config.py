@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nli_service.inference.backend_choice import choose_backend
+
 DEFAULT_MODEL = "cross-encoder/nli-distilroberta-base"
 
 
@@ -294,15 +296,10 @@ def uses_gpu(device: str) -> bool:
 
 
 def _backend_for(backend: str, quantize: str) -> str:
-    """``auto``: torch, or onnx for int8 (the only int8 path); torch with int8 is refused."""
-    if backend == "auto":
-        return "onnx" if quantize == "int8" else "torch"
-    if backend == "torch" and quantize == "int8":
-        raise ConfigError(
-            "NLI_BACKEND=torch with NLI_QUANTIZE=int8 is not supported (int8 runs on ONNX Runtime):"
-            " use NLI_BACKEND=onnx or leave NLI_BACKEND unset"
-        )
-    return backend
+    try:
+        return choose_backend(backend, quantize)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def available_cores() -> int:

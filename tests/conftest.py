@@ -185,24 +185,24 @@ def roberta_model_dir(models_root: Path) -> Path:
     return build_model(models_root / "tiny-roberta", architecture="roberta")
 
 
-@pytest.fixture
-def services() -> Iterator[serving.Services]:
-    """Start real services (``start``, ``running``, ``run_to_exit``); gives the test the ``server`` marker."""
+def _started_services() -> Iterator[serving.Services]:
     started = serving.Services()
     try:
         yield started
     finally:
         started.stop_all()
+
+
+@pytest.fixture
+def services() -> Iterator[serving.Services]:
+    """Start real services (``start``, ``running``, ``run_to_exit``); gives the test the ``server`` marker."""
+    yield from _started_services()
 
 
 @pytest.fixture(scope="module")
 def module_services() -> Iterator[serving.Services]:
     """``services`` for module-scoped fixtures: a service shared by a module's tests."""
-    started = serving.Services()
-    try:
-        yield started
-    finally:
-        started.stop_all()
+    yield from _started_services()
 
 
 @pytest.fixture(scope="module")

@@ -157,3 +157,38 @@ def test_over_real_gunicorn_a_client_that_hangs_up_while_queued_is_not_computed(
             what="the hung-up request dropped",
         )
         assert metric_sum(scrape(service.metrics_url), "nli_pairs_total") == 48, "its 3 pairs were never computed"
+
+
+def test_a_sync_worker_refuses_at_once_what_its_queue_would_make_miss_the_deadline(
+    services, slow_model_dir: Path, tmp_path: Path
+) -> None:
+    """One sync worker, requests of a few hundred ms, a deadline of 2 s and 12 clients at once: the
+    backlog would make the last ones wait past it, so they get 503 + Retry-After when picked up,
+    rather than 408 after computing or waiting."""
+    env = service_env(
+        NLI_MODEL=slow_model_dir, NLI_WORKERS=1, NLI_WORKER_CLASS="sync", NLI_REQUEST_TIMEOUT=2, NLI_LOG_DIR=tmp_path
+    )
+    with services.running(GUNICORN, env) as service:
+        body = {"pairs": long_pairs(8, words=200)}
+        for _ in range(3):  # the worker learns its time per request
+            assert requests.post(f"{service.url}/batch-predict", json=body, timeout=30).status_code == 200
+        answers: list[requests.Response] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            answer = requests.post(f"{service.url}/batch-predict", json=body, timeout=60)
+            with lock:
+                answers.append(answer)
+
+        clients = [threading.Thread(target=client) for _ in range(12)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(90)
+        statuses = sorted(answer.status_code for answer in answers)
+        refused = [answer for answer in answers if answer.status_code == 503]
+        assert refused and 200 in statuses and set(statuses) <= {200, 503}, statuses
+        assert all(int(answer.headers["Retry-After"]) >= 1 for answer in refused)
+        assert all("overloaded" in answer.json()["error"] for answer in refused)
+        samples = scrape(service.metrics_url)
+        assert metric_sum(samples, "nli_requests_dropped_total", reason="queue_too_long") == len(refused)

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
-from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend, choose_backend
+from nli_service.inference.backend_choice import choose_backend
+from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
     ModelLoadError,

@@ -29,8 +29,8 @@ import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
 from nli_service.config import Settings
+from nli_service.server.listener import queued_connection, refuse_new_connections, server_stopping
 from nli_service.server.slow_clients import RequestBuffer, answer_too_slow
-from nli_service.server.stopping import queued_connection, refuse_new_connections, server_stopping
 from nli_service.server.worker_table import NOT_ACCEPTING, TABLE
 
 MAX_DEFER = 0.01  # seconds a busier worker leaves a new connection to a less busy one
@@ -91,7 +91,7 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _accept_backlog(self) -> None:
         """The server is stopping: refuse new connections, and take those already waiting in the
-        listen backlog so they are answered rather than reset (``stopping``)."""
+        listen backlog so they are answered rather than reset (``listener``)."""
         if not server_stopping():
             return  # recycled while the server runs on: the peers take the backlog
         for listener in self.sockets:

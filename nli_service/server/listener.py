@@ -1,4 +1,9 @@
-"""Stopping without resetting a connection: new ones are refused, those already queued are answered.
+"""The shared listening socket: how many connections wait in it, and stopping without resetting any.
+
+How many wait: the kernel's accept queue length (``TCP_INFO``'s ``tcpi_unacked`` on a
+listening socket), which a sync worker uses to refuse work that would time out in the queue.
+
+Stopping without resetting a connection: new ones are refused, those already queued are answered.
 
 A worker that closes its copy of the listening socket while clients keep connecting leaves
 some connections in the kernel's accept queue: they were accepted by the kernel (the client
@@ -55,3 +60,16 @@ def refuse_new_connections(listener: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+_TCP_INFO_SIZE = 104
+_UNACKED_OFFSET = 24  # struct tcp_info: 8 bytes of u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked
+
+
+def waiting_connections(listener: socket.socket) -> int:
+    """Connections in ``listener``'s accept queue (Linux; 0 where that cannot be read)."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return 0
+    return struct.unpack_from("I", info, _UNACKED_OFFSET)[0] if len(info) >= _UNACKED_OFFSET + 4 else 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import socket
 import time
@@ -34,24 +35,39 @@ class ClientTooSlow(Exception):  # noqa: N818 - reads like the condition it repo
     """The client did not send its whole request within its time."""
 
 
-def timeout_response(seconds: float) -> bytes:
-    """A complete HTTP/1.1 408 with the service's JSON error body; the connection closes after it."""
-    message = f"the request did not arrive within {seconds:g} s (NLI_CLIENT_TIMEOUT); send it faster"
-    body = json.dumps({"error": message, "status": 408}).encode()
+def error_response(status: int, reason: str, message: str, headers: str = "") -> bytes:
+    """A complete HTTP/1.1 response with the service's JSON error body; the connection closes after it."""
+    body = json.dumps({"error": message, "status": status}).encode()
     head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{headers}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
 
 
-def answer_too_slow(sock: Any, seconds: float) -> None:
-    """Send the 408 if the socket takes it at once; a client that does not read gets nothing."""
+def timeout_response(seconds: float) -> bytes:
+    message = f"the request did not arrive within {seconds:g} s (NLI_CLIENT_TIMEOUT); send it faster"
+    return error_response(408, "Request Timeout", message)
+
+
+def _send_now(sock: Any, response: bytes) -> None:
+    """Send ``response`` if the socket takes it at once; a client that does not read gets nothing."""
     try:
         sock.setblocking(False)
-        sock.send(timeout_response(seconds))
+        sock.send(response)
     except OSError:
         pass
+
+
+def answer_too_slow(sock: Any, seconds: float) -> None:
+    _send_now(sock, timeout_response(seconds))
+
+
+def answer_overloaded(sock: Any, late_by: float) -> None:
+    """503 with ``Retry-After``: the queue ahead would make this request miss its deadline."""
+    retry_after = min(max(math.ceil(late_by), 1), 60)
+    message = "the server is overloaded: this request would wait past its deadline; retry shortly"
+    _send_now(sock, error_response(503, "Service Unavailable", message, f"Retry-After: {retry_after}\r\n"))
 
 
 class RequestBuffer:
