@@ -278,6 +278,16 @@ def _answers_from(url: str, pid: int, tries: int = 8) -> bool:
     return False
 
 
+def wait_for_workers(service: ServiceLike, workers: int, timeout: float = 60) -> None:
+    """Until the master has ``workers`` workers and they have had a moment to warm up."""
+    deadline = time.monotonic() + timeout
+    while len(worker_pids(service.process.pid)) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {workers} workers after {timeout} s")
+        time.sleep(0.1)
+    time.sleep(2.0)
+
+
 def _after(at: float | None, since: float) -> str:
     return "never" if at is None else f"after {at - since:.1f} s"
 
