@@ -266,6 +266,16 @@ def soak_section(result: dict, args: argparse.Namespace) -> str:
         result["text"],
         "",
         "![throughput, p99 and RSS over the soak](soak.png)",
+        "",
+        "Found on the way (not in `nli_service/`, which this work does not change): a body over "
+        "`NLI_MAX_BODY_BYTES` is answered 413 with `Connection: keep-alive`, but its unread body is more "
+        "than Gunicorn drains after a response (64 KiB, `_DRAIN_MAX_BYTES` in `gunicorn/http/parser.py`), so "
+        "the worker closes the connection; a client that sends its next request on it at that moment gets "
+        "no answer (`requests` raises ConnectionError, locust's FastHttpUser `HTTPConnectionClosed`). 8 "
+        "clients each sending 1.2 MB bodies and `/predict` on keep-alive sessions got 150 such failures in "
+        "25 s (1 in 6 of the requests after a 413). The fix: answer such a 413 with `Connection: close` "
+        "(Gunicorn then closes it and clients do not reuse it). The soak sends that one body on a "
+        "connection of its own (`Connection: close`) so it measures everything else.",
     ]
     return "\n".join(lines)
 
