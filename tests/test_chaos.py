@@ -14,6 +14,7 @@ from pathlib import Path
 from serving import GUNICORN, service_env
 
 from reliability import chaos
+from reliability.report import write_section
 
 
 def test_attacks_kill_9_and_sigterm_under_load(services, model_dir: Path, tmp_path: Path) -> None:
@@ -31,3 +32,15 @@ def test_attacks_kill_9_and_sigterm_under_load(services, model_dir: Path, tmp_pa
     report = "\n".join(str(row) for result in results for row in result["rows"])
     failures = [failure for result in results for failure in result["failures"]]
     assert not failures, f"{failures}\n{report}\n{service.output()[-3000:]}"
+
+
+def test_a_run_rewrites_only_its_own_section_of_the_reliability_doc(tmp_path: Path) -> None:
+    doc = tmp_path / "reliability.md"
+    doc.write_text("# Reliability\n\n## Fuzzing\n\nfuzz text\n\n### The last long run\n\nfigures\n")
+    write_section("Chaos", "first chaos figures", doc)
+    write_section("Goodput", "goodput figures", doc)
+    write_section("Chaos", "second chaos figures\n\n| a | b |", doc)
+    assert doc.read_text() == (
+        "# Reliability\n\n## Fuzzing\n\nfuzz text\n\n### The last long run\n\nfigures\n\n"
+        "## Chaos\n\nsecond chaos figures\n\n| a | b |\n\n## Goodput\n\ngoodput figures\n"
+    )
