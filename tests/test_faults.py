@@ -125,12 +125,13 @@ def test_a_worker_started_after_its_onnx_cache_was_corrupted_rebuilds_it(
     wait_for(lambda: len(worker_pids(master)) == 2, what="two workers")
     [exported] = list(onnx_cache.rglob("model.onnx"))
     exported.write_bytes(b"not an ONNX model")  # the cache damaged while the server runs
-    load = Load(service.url)
+    load = Load(service.url, clients=2)
     doomed = min(worker_pids(master))
     os.kill(doomed, signal.SIGKILL)
     wait_for(lambda: len(worker_pids(master)) == 2 and doomed not in worker_pids(master), what="a replacement")
-    wait_for(lambda: "rebuilding" in service.output(), what="the replacement rebuilding the export")
-    wait_for(lambda: requests.get(f"{service.url}/health", timeout=10).status_code == 200, what="health")
+    wait_for(lambda: "rebuilding" in service.output(), timeout=60, what="the replacement rebuilding the export")
+    # the export runs on every core meanwhile, so answers are slow, but they come
+    wait_for(lambda: requests.get(f"{service.url}/health", timeout=60).status_code == 200, timeout=90, what="health")
     outcomes = load.finish()
     assert outcomes["200"] > 0 and set(outcomes) <= {"200", "ConnectionError"}, outcomes
     assert outcomes["ConnectionError"] <= 4, "only requests in flight on the killed worker may fail"
