@@ -49,7 +49,7 @@ class Load:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                status = str(requests.post(f"{self.url}/predict", json=PAIR, timeout=20).status_code)
+                status = str(requests.post(f"{self.url}/predict", json=PAIR, timeout=60).status_code)
             except requests.RequestException as error:
                 status = type(error).__name__
                 self.stop.wait(0.05)  # a refused connection comes back at once: do not spin
