@@ -76,7 +76,7 @@ def test_sigterm_under_load_answers_every_accepted_request(
             if outcome == "refused":
                 return
 
-    clients = [threading.Thread(target=client) for _ in range(8)]
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(8)]  # daemon: never outlive a failure
     for thread in clients:
         thread.start()
     time.sleep(1.0)  # load for a second: the test's workload, not a synchronisation

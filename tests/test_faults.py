@@ -42,7 +42,8 @@ class Load:
 
     def __init__(self, url: str, clients: int = 4) -> None:
         self.url, self.outcomes, self.stop = url, Counter(), threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        # daemon: a test failing before finish() must not leave them running past the session
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
         for thread in self.threads:
             thread.start()
 
@@ -60,6 +61,12 @@ class Load:
         for thread in self.threads:
             thread.join(30)
         return self.outcomes
+
+    def __enter__(self) -> Load:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finish()  # also when the test failed
 
 
 def _failing_start_service(services, model_dir: Path, tmp_path: Path, broken: bool):
@@ -80,17 +87,17 @@ def test_a_worker_that_cannot_start_is_replaced_later_and_the_others_serve(
     service.wait_ready()
     master = service.process.pid
     wait_for(lambda: len(worker_pids(master)) == 2, what="two workers")
-    load = Load(service.url)
-    marker.touch()  # from now on a new worker fails its warm-up
-    doomed = min(worker_pids(master))
-    os.kill(doomed, signal.SIGKILL)
-    wait_for(lambda: "failed to start" in service.output(), what="a replacement failing to start")
-    for _ in range(3):  # while replacements keep failing, the other worker serves
-        assert requests.post(f"{service.url}/predict", json=PAIR, timeout=20).status_code == 200
-    assert service.process.poll() is None, "the master keeps serving with the other worker"
-    marker.unlink()  # the fault is gone: the next replacement starts
-    wait_for(lambda: len(worker_pids(master)) == 2 and doomed not in worker_pids(master), what="two workers again")
-    outcomes = load.finish()
+    with Load(service.url) as load:
+        marker.touch()  # from now on a new worker fails its warm-up
+        doomed = min(worker_pids(master))
+        os.kill(doomed, signal.SIGKILL)
+        wait_for(lambda: "failed to start" in service.output(), what="a replacement failing to start")
+        for _ in range(3):  # while replacements keep failing, the other worker serves
+            assert requests.post(f"{service.url}/predict", json=PAIR, timeout=20).status_code == 200
+        assert service.process.poll() is None, "the master keeps serving with the other worker"
+        marker.unlink()  # the fault is gone: the next replacement starts
+        wait_for(lambda: len(worker_pids(master)) == 2 and doomed not in worker_pids(master), what="two workers again")
+        outcomes = load.finish()
     assert service.process.poll() is None
     assert outcomes["200"] > 0 and set(outcomes) <= {"200", "ConnectionError"}, outcomes
     assert outcomes["ConnectionError"] <= 4, "only requests in flight on the killed worker may fail"
@@ -125,14 +132,15 @@ def test_a_worker_started_after_its_onnx_cache_was_corrupted_rebuilds_it(
     wait_for(lambda: len(worker_pids(master)) == 2, what="two workers")
     [exported] = list(onnx_cache.rglob("model.onnx"))
     exported.write_bytes(b"not an ONNX model")  # the cache damaged while the server runs
-    load = Load(service.url, clients=2)
-    doomed = min(worker_pids(master))
-    os.kill(doomed, signal.SIGKILL)
-    wait_for(lambda: len(worker_pids(master)) == 2 and doomed not in worker_pids(master), what="a replacement")
-    wait_for(lambda: "rebuilding" in service.output(), timeout=60, what="the replacement rebuilding the export")
-    # the export runs on every core meanwhile, so answers are slow, but they come
-    wait_for(lambda: requests.get(f"{service.url}/health", timeout=60).status_code == 200, timeout=90, what="health")
-    outcomes = load.finish()
+    with Load(service.url, clients=2) as load:
+        doomed = min(worker_pids(master))
+        os.kill(doomed, signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(master)) == 2 and doomed not in worker_pids(master), what="a replacement")
+        wait_for(lambda: "rebuilding" in service.output(), timeout=60, what="the replacement rebuilding the export")
+        # the export runs on every core meanwhile, so answers are slow, but they come
+        health = f"{service.url}/health"
+        wait_for(lambda: requests.get(health, timeout=60).status_code == 200, timeout=90, what="health")
+        outcomes = load.finish()
     assert outcomes["200"] > 0 and set(outcomes) <= {"200", "ConnectionError"}, outcomes
     assert outcomes["ConnectionError"] <= 4, "only requests in flight on the killed worker may fail"
     [rebuilt] = list(onnx_cache.rglob("model.onnx"))
