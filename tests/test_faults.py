@@ -143,6 +143,9 @@ def test_a_worker_started_after_its_onnx_cache_was_corrupted_rebuilds_it(
         outcomes = load.finish()
     assert outcomes["200"] > 0 and set(outcomes) <= {"200", "ConnectionError"}, outcomes
     assert outcomes["ConnectionError"] <= 4, "only requests in flight on the killed worker may fail"
-    [rebuilt] = list(onnx_cache.rglob("model.onnx"))
-    assert rebuilt.read_bytes() != b"not an ONNX model"
+    wait_for(
+        lambda: any(path.read_bytes() != b"not an ONNX model" for path in onnx_cache.rglob("model.onnx")),
+        timeout=120,
+        what="the export rebuilt by the replacement worker",
+    )
     assert service.process.poll() is None
