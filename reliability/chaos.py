@@ -385,7 +385,8 @@ def chaos_section(rows: list[tuple], failures: list[str], args: argparse.Namespa
         "each attack gets its 4xx (template: 400 in < 1 s; stalled: 408 at NLI_CLIENT_TIMEOUT), "
         "`/health` < 1 s throughout, legitimate clients only 200, no worker dies; after the kill no more "
         "failures than requests in flight on the killed worker, and in < 10 s 4 workers again, the new "
-        "one answering `/health` and `/ready`, and throughput over 3 s back to ≥ 90 % of the 5 s before; "
+        "one answering `/health` and `/ready`, and throughput over 3 s back to ≥ 90 % of the 5 s before (so "
+        "3.1 s is the soonest it can show); "
         "after SIGTERM no accepted request reset or closed unanswered (refused after the listener "
         "closed is fine) and exit 0.",
         "",

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f"workers changed during the soak: {workers} -> {sorted(alive)}")
         result = evaluate(windows, samples, workers, args.minutes, failures)
         result["note"] = note
-        result["load"] = f"locust, {args.users} users, no wait; {args.model_name}"
+        result["load"] = f"locust ({args.users} users, no wait)"
         print(result["text"], flush=True)
         if args.write:
             plot(windows, samples, workers, PLOT)
@@ -251,7 +251,7 @@ def soak_section(result: dict, args: argparse.Namespace) -> str:
     lines = [
         f"`make soak` (`python -m reliability.soak`, here `--minutes {args.minutes:g}`): a real Gunicorn service in "
         "the default layout (no layout setting: gthread, one worker per core, 16 threads, batch 16) serving "
-        f"`{args.model_name}`, workers not recycled (`NLI_MAX_REQUESTS={args.max_requests}`, so a leak cannot hide "
+        f"{args.model_name}, workers not recycled (`NLI_MAX_REQUESTS={args.max_requests}`, so a leak cannot hide "
         f"behind recycling), under {result['load']}: 60 % `/predict`, 20 % `/batch-predict` (8-32 SNLI pairs), "
         "20 % `/zero-shot` (1-2 texts x 3-6 labels) by weight, and 1 in 11 requests invalid (malformed JSON, a "
         "missing field, a wrong type, a forbidden template: 400; 257 pairs, a body over 1 MiB: 413). Sampled "
