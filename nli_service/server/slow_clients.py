@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 HEADER_END = b"\r\n\r\n"
-OVERSIZED_BODY_READ = 2  # bodies up to this many times NLI_MAX_BODY_BYTES are read before their 413
 MAX_HEADER_BYTES = 64 * 1024  # past this without a blank line Gunicorn's own limits answer (431 / 400)
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.IGNORECASE | re.MULTILINE)
@@ -94,11 +93,9 @@ class RequestBuffer:
             headers = bytes(self.data[:end])
             length = _CONTENT_LENGTH.search(headers)
             body = int(length.group(1)) if length and not _CHUNKED.search(headers) else 0
-            # A body somewhat over the limit is read all the same: the app refuses it (413) and the
-            # connection stays usable (Gunicorn drains at most 64 KiB of an unread body, then
-            # closes). A larger one is refused without being read; a chunked one is read by the
-            # thread under Gunicorn's own limits.
-            self._needed = end + len(HEADER_END) + (body if body <= OVERSIZED_BODY_READ * self.max_body_bytes else 0)
+            # A body over the limit is refused (413) without being read; a chunked one is read by
+            # the thread under Gunicorn's own limits.
+            self._needed = end + len(HEADER_END) + (body if body <= self.max_body_bytes else 0)
         return len(self.data) >= self._needed
 
     def stamped(self) -> bytes:
