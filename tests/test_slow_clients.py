@@ -102,4 +102,3 @@ def test_the_request_buffer_knows_when_a_request_is_whole() -> None:
     assert no_body.add(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     expired = RequestBuffer(seconds=0, max_body_bytes=100)
     assert expired.expired()
-
