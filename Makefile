@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test test-fast lint bench profile train eval clean fuzz soak chaos
+.PHONY: install run dev test test-services test-fast lint bench profile train eval clean fuzz soak chaos
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,11 @@ run: $(STAMP) ## production server: Gunicorn with gunicorn.conf.py (NLI_* settin
 dev: $(STAMP) ## development server: python app.py
 	$(BIN)/python app.py
 
-test: $(STAMP) ## the whole test suite (what CI runs)
+test: $(STAMP) test-services ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-services: ## the real components the tests drive (Debian's nginx), installed when missing
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || ./scripts/install-debian-packages nginx
 
 test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (under a minute)
 	$(BIN)/python -m pytest -q -m "not server and not slow"
