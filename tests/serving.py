@@ -23,6 +23,8 @@ from typing import IO
 
 import requests
 
+from reliability.service import metric_sum, scrape  # noqa: F401 - the tests read metrics as the runs do
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 DEV_SERVER = [sys.executable, "app.py"]
@@ -121,28 +123,6 @@ def run_to_exit(command: list[str], env: dict[str, str], timeout: float = 60) ->
     started = time.monotonic()
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return result.returncode, result.stderr, time.monotonic() - started
-
-
-def scrape(metrics_url: str) -> dict[str, float]:
-    """Prometheus text format as {'name{labels}': value}, labels in exposition order."""
-    samples: dict[str, float] = {}
-    for line in requests.get(metrics_url, timeout=5).text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
-def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for key, value in samples.items():
-        base, _, label_text = key.partition("{")
-        if base != name:
-            continue
-        if all(f'{label}="{wanted}"' in label_text for label, wanted in labels.items()):
-            total += value
-    return total
 
 
 @contextmanager
