@@ -8,9 +8,7 @@ methods are :func:`start`, :func:`running` and :func:`run_to_exit`.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,8 @@ from typing import IO
 
 import requests
 
-from reliability.service import metric_sum, scrape  # noqa: F401 - the tests read metrics as the runs do
+from reliability.service import free_port, metric_sum, scrape  # noqa: F401 - shared with the reliability runs
+from reliability.service import service_env as reliability_service_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
@@ -50,19 +49,10 @@ def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "
         time.sleep(0.02)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def service_env(**settings: object) -> dict[str, str]:
-    """The test process's environment without NLI_* leftovers, plus ``settings``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("NLI_", "PROMETHEUS_"))}
-    env.update({"NLI_HOST": "127.0.0.1", "NLI_PORT": str(free_port()), "NLI_METRICS_PORT": str(free_port())})
-    env["NLI_DRAIN_SECONDS"] = "0"  # tests stop their services at once; tests/test_drain.py sets it
-    env.update({key: str(value) for key, value in settings.items()})
-    return env
+    """The test process's environment without NLI_* leftovers, on free loopback ports, plus ``settings``;
+    services stop at once (``NLI_DRAIN_SECONDS=0``) unless a test sets it (tests/test_drain.py)."""
+    return reliability_service_env(**{"NLI_DRAIN_SECONDS": 0, **settings})
 
 
 @dataclass

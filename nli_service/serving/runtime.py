@@ -73,7 +73,7 @@ class WorkerContext:
 _engine: NLIEngine | None = None
 _engine_spec: EngineSpec | None = None
 _worker: WorkerContext | None = None  # set once this process serves requests
-# Keyed by pid (a batcher's thread does not survive a fork), engine and the service's own settings.
+# Keyed by pid (a batcher's thread does not survive a fork), the settings and whether requests are batched.
 _services: dict[tuple[object, ...], NLIService] = {}
 _services_lock = threading.Lock()
 
@@ -110,13 +110,15 @@ def service_for(settings: Settings) -> NLIService:
     """The service the API calls in this process: the engine, with threaded workers behind the
     cross-request batcher. Ask again in each request: a Gunicorn worker is forked after the app
     was built, and the batcher's thread must be this process's own."""
-    engine = load_engine(settings)
-    key = (os.getpid(), id(engine), _batching(settings), settings.request_timeout, settings.batch_size)
-    key += (settings.batch_wait_ms, settings.max_queued_pairs, settings.idle_cores_max_pairs)
-    with _services_lock:
-        if key not in _services:
-            _services[key] = NLIService(_predictor(engine, settings), settings.request_timeout)
-        return _services[key]
+    key = (os.getpid(), settings, _batching(settings))
+    service = _services.get(key)  # the common case: one dict lookup per request
+    if service is None:
+        with _services_lock:
+            if key not in _services:
+                engine = load_engine(settings)
+                _services[key] = NLIService(_predictor(engine, settings), settings.request_timeout)
+            service = _services[key]
+    return service
 
 
 def _batching(settings: Settings) -> bool:
