@@ -241,8 +241,13 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+def _headers(api_key: str | None, timeout: float) -> dict[str, str]:
+    """``X-Request-Timeout`` tells the server when this client stops waiting: it refuses (429) what
+    it could not answer by then instead of computing it for nobody."""
+    headers = {"X-Request-Timeout": f"{timeout:g}"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 # -- the synchronous client -------------------------------------------------------------
@@ -263,7 +268,7 @@ class _ClientSettings:
         backoff: float = 0.5,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http_options = {"base_url": self.base_url, "timeout": timeout, "headers": _headers(api_key)}
+        self.http_options = {"base_url": self.base_url, "timeout": timeout, "headers": _headers(api_key, timeout)}
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.retry = RetryPolicy(retries=retries, backoff=backoff)

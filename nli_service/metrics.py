@@ -35,7 +35,7 @@ QUEUED_PAIRS = Gauge(
 REQUEST_TIMEOUTS = Counter("nli_request_timeouts", "Requests answered 408 after their deadline")
 DROPPED = Counter(
     "nli_requests_dropped",
-    "Requests answered without computing them: deadline passed while queued, or client gone",
+    "Requests answered without computing them: deadline passed or too near while queued, client gone",
     ["reason"],
 )
 BORROWED_CORES = Counter("nli_borrowed_cores_passes", "Lone small passes run on idle workers' cores too")

@@ -71,8 +71,12 @@ here):
 With those, only estimation error is wasted; the pairs-based bound can stay as a memory cap."""
 
 
-def _client(url: str, bodies: list[dict], timeout: float, stop: threading.Event, results: list, lock) -> None:
+def _client(
+    url: str, bodies: list[dict], timeout: float, stop: threading.Event, results: list, lock, say_timeout: bool
+) -> None:
     session = requests.Session()
+    if say_timeout:  # as nli_service.client does
+        session.headers["X-Request-Timeout"] = f"{timeout:g}"
     index = 0
     while not stop.is_set():
         body = bodies[index % len(bodies)]
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> dict:
         lock, stop = threading.Lock(), threading.Event()
         threads = [
             threading.Thread(target=_client, args=(service.url, bodies[i::args.clients] or bodies, args.timeout,
-                                                   stop, results, lock), daemon=True)
+                                                   stop, results, lock, args.say_timeout), daemon=True)
             for i in range(args.clients)
         ]  # fmt: skip
         started = time.monotonic()
@@ -134,7 +138,9 @@ def run(args: argparse.Namespace) -> dict:
 
     computed = delta("nli_batch_pairs_sum")
     answered_200 = delta("nli_pairs_total")
-    dropped = {reason: delta("nli_requests_dropped_total", reason=reason) for reason in ("client_gone", "deadline")}
+    dropped = {
+        reason: delta("nli_requests_dropped_total", reason=reason) for reason in ("client_gone", "deadline", "too_late")
+    }
     in_time = [(o, s, n) for o, s, n in results if o == "200" and s <= args.timeout]
     received = sum(n for _, _, n in in_time)
     outcomes = Counter(outcome for outcome, _, _ in results)
@@ -145,13 +151,14 @@ def run(args: argparse.Namespace) -> dict:
         ("clients x pairs per body, client timeout", f"{args.clients} x {args.pairs}, {args.timeout:g} s"),
         ("run", f"{elapsed:.0f} s, {workers} workers (default layout), one 256-pair body alone: {alone:.2f} s"),
         ("service settings", ", ".join(f"`{setting}`" for setting in args.setting) or "defaults"),
+        ("clients send `X-Request-Timeout`", "yes, as `nli_service.client` does" if args.say_timeout else "no"),
         ("client outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))),
         ("200 latency p50 / p99 / max", _latency(latencies)),
         ("pairs computed (nli_batch_pairs_sum)", f"{computed:,.0f}"),
         ("pairs answered 200 by the service (nli_pairs_total)", f"{answered_200:,.0f}"),
         ("pairs received by a client within its timeout", f"{received:,}"),
-        ("requests dropped uncomputed (client gone / deadline)",
-         f"{dropped['client_gone']:.0f} / {dropped['deadline']:.0f}"),
+        ("requests dropped uncomputed (client gone / deadline / too late to finish)",
+         f"{dropped['client_gone']:.0f} / {dropped['deadline']:.0f} / {dropped['too_late']:.0f}"),
         ("**goodput** (received / computed)", f"**{goodput:.1%}** (goal ≥ {GOAL:.0%})"),
     ]  # fmt: skip
     result = {"rows": rows, "failures": failures, "goodput": goodput, "args": vars(args)}
@@ -202,6 +209,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=256, help="pairs per body")
     parser.add_argument("--timeout", type=float, default=5.0, help="client timeout, seconds")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients send")
+    parser.add_argument(
+        "--no-timeout-header",
+        dest="say_timeout",
+        action="store_false",
+        help="clients do not send X-Request-Timeout (the service learns of their 5 s only at hang-up)",
+    )
     parser.add_argument("--setting", action="append", default=[], metavar="NLI_X=VALUE", help="a service setting")
     parser.add_argument("--no-write", dest="write", action="store_false", help="do not write docs/reliability.md")
     return parser.parse_args(argv)

@@ -185,3 +185,44 @@ def test_a_lone_client_is_not_held_back_by_the_wait(engine: NLIEngine) -> None:
         started = time.monotonic()
         batcher.predict(_pairs(1, seed=seed))
         assert time.monotonic() - started < 0.5, "a single client waited for requests that never come"
+
+
+def test_a_request_the_queue_ahead_would_carry_past_its_deadline_is_refused_at_once(engine: NLIEngine) -> None:
+    engine.batch_size = 2
+    forwarded = _slow(engine, 0.1)  # 0.05 s per pair
+    batcher = MicroBatcher(engine, max_pairs=2, max_wait=0.0)
+    batcher.predict(_pairs(4, seed=0))  # measures the pace
+    assert batcher.pace.seconds_for(20) == pytest.approx(1.0, rel=0.5)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(batcher.predict, _pairs(20, seed=1))  # about 1 s
+        wait_for(lambda: len(forwarded) > 2, timeout=10, what="the long pass started")
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="more than the .* s left to this request's deadline") as refused:
+            batcher.predict(_pairs(4, seed=2), Deadline(0.6))
+        assert time.monotonic() - started < 0.05, "refused at once, not after waiting"
+        assert refused.value.retry_after >= 1
+        computed = len(forwarded)
+        assert len(batcher.predict(_pairs(4, seed=3), Deadline(30))) == 4, "a request with time enough is taken"
+        assert len(running.result()) == 20
+    assert sum(forwarded[computed:]) == 18 + 4, "the refused request was never computed"
+
+
+def test_a_request_whose_turn_comes_too_late_to_finish_is_dropped_uncomputed(engine: NLIEngine) -> None:
+    engine.batch_size = 2
+    _slow(engine, 0.05)  # 0.025 s per pair
+    batcher = MicroBatcher(engine, max_pairs=2, max_wait=0.0)
+    batcher.predict(_pairs(4, seed=0))
+    gate = _Gate(engine)  # the next pass takes as long as the test wants: longer than the pace said
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            running = pool.submit(batcher.predict, _pairs(2, seed=1))
+            assert gate.entered.wait(10), "the pass never started"
+            late = pool.submit(batcher.predict, _pairs(20, seed=2), Deadline(1.5))  # needs ~0.5 s: admitted
+            wait_for(lambda: batcher._queued_pairs == 20, timeout=10, what="20 pairs queued")
+            time.sleep(1.1)  # now 0.4 s are left, less than the 0.5 s it needs
+        finally:
+            gate.open()
+        with pytest.raises(RequestTimedOut):
+            late.result(timeout=10)
+        assert len(running.result()) == 2
+    assert sum(gate.forwarded) == 2, "the late request was computed although it could not finish"

@@ -198,7 +198,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
 
     script: list[tuple[int, dict[str, str], bytes | None]] = []  # body None: a JSON error, or HEALTHY
     seen: list[float] = []
-    authorization: list[str | None] = []
+    headers: list[dict[str, str]] = []  # of each request
     delay = 0.0
     active = peak = 0
     lock = threading.Lock()
@@ -206,7 +206,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         with _Stub.lock:
             _Stub.seen.append(time.monotonic())
-            _Stub.authorization.append(self.headers.get("Authorization"))
+            _Stub.headers.append(dict(self.headers))
             _Stub.active += 1
             _Stub.peak = max(_Stub.peak, _Stub.active)
         try:
@@ -234,7 +234,7 @@ def stub() -> str:
     """The stub's URL, with a fresh script and records."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Stub.script, _Stub.seen, _Stub.authorization, _Stub.delay, _Stub.peak = [], [], [], 0.0, 0
+    _Stub.script, _Stub.seen, _Stub.headers, _Stub.delay, _Stub.peak = [], [], [], 0.0, 0
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
@@ -357,7 +357,19 @@ def test_the_api_key_is_sent_as_a_bearer_token(stub) -> None:
             await client.health()
 
     asyncio.run(scenario())
-    assert _Stub.authorization == ["Bearer s3cret", None, "Bearer other"]
+    assert [headers.get("Authorization") for headers in _Stub.headers] == ["Bearer s3cret", None, "Bearer other"]
+
+
+def test_the_client_tells_the_server_how_long_it_waits(stub) -> None:
+    with NLIClient(stub, timeout=7.5) as client:
+        client.health()
+
+    async def scenario() -> None:
+        async with AsyncNLIClient(stub, timeout=3) as client:
+            await client.health()
+
+    asyncio.run(scenario())
+    assert [headers.get("X-Request-Timeout") for headers in _Stub.headers] == ["7.5", "3"]
 
 
 @pytest.mark.parametrize("options", [{"max_concurrency": 0}, {"rate": 0}, {"rate": 5, "burst": 0}])

@@ -59,6 +59,26 @@ def test_the_deadline_counts_from_x_request_start(make_app, monkeypatch) -> None
     assert client.post("/batch-predict", json=pairs).status_code == 200
 
 
+def test_the_clients_x_request_timeout_shortens_the_deadline_never_lengthens_it(make_app, monkeypatch) -> None:
+    app = make_app(NLI_REQUEST_TIMEOUT=1.5, NLI_BATCH_SIZE=1)
+    forwarded = _counting_forwards(engine_of(app), monkeypatch, seconds=0.4)
+    client = app.test_client()
+    pairs = {"pairs": [PAIR] * 3}  # three passes of 0.4 s
+    short = client.post("/batch-predict", json=pairs, headers={"X-Request-Timeout": "0.5"})
+    assert short.status_code == 408 and "0.5 s" in short.get_json()["error"]
+    assert len(forwarded) <= 2, "stopped within the client's 0.5 s"
+    assert client.post("/batch-predict", json=pairs, headers={"X-Request-Timeout": "60"}).status_code == 200
+    forwarded.clear()
+    longer = client.post("/batch-predict", json={"pairs": [PAIR] * 5}, headers={"X-Request-Timeout": "60"})
+    assert longer.status_code == 408 and "1.5 s" in longer.get_json()["error"], "NLI_REQUEST_TIMEOUT still bounds it"
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-1", "nan", "inf", ""])
+def test_an_unreadable_x_request_timeout_is_a_400_naming_it(make_app, raw: str) -> None:
+    response = make_app().test_client().post("/predict", json=PAIR, headers={"X-Request-Timeout": raw})
+    assert response.status_code == 400 and "X-Request-Timeout" in response.get_json()["error"]
+
+
 @pytest.mark.parametrize("raw", ["t=abc", "", "t=-5", "nan", f"t={time.time() + 3600:.3f}", "t=1"])
 def test_a_request_start_from_the_future_or_unreadable_is_ignored(make_app, raw: str) -> None:
     app = make_app(NLI_REQUEST_TIMEOUT=5)

@@ -102,7 +102,8 @@ def _error_responses(settings: Settings) -> dict[str, JsonObject]:
             400,
         ),
         "Timeout": _error(
-            f"The request ran past NLI_REQUEST_TIMEOUT ({settings.request_timeout:g} s); the worker keeps serving.",
+            f"The request ran past its deadline: NLI_REQUEST_TIMEOUT ({settings.request_timeout:g} s), or the "
+            "client's X-Request-Timeout if shorter, counted from its arrival; the worker keeps serving.",
             f"request took longer than {settings.request_timeout:g} s; send fewer or shorter pairs, "
             "or raise NLI_REQUEST_TIMEOUT",
             408,
@@ -119,11 +120,13 @@ def _error_responses(settings: Settings) -> dict[str, JsonObject]:
             "Content-Type is not application/json.", "Content-Type must be application/json, got 'text/plain'", 415
         ),
         "Overloaded": _error(
-            "A threaded worker already has NLI_MAX_QUEUED_PAIRS pairs waiting: refused at once; retry after "
-            "Retry-After seconds.",
-            "this worker is overloaded: 1024 pairs are already queued (limit 1024); retry shortly",
+            "A threaded worker could not answer before the request's deadline (the pairs queued ahead and these, "
+            "at its recent pace), or already has NLI_MAX_QUEUED_PAIRS pairs waiting: refused at once; retry after "
+            "Retry-After seconds (the time its queue needs to drain).",
+            "this worker is overloaded: the pairs ahead and these 256 need about 6.1 s, more than the 4.9 s left to "
+            "this request's deadline; retry shortly",
             429,
-            retry_after="1",
+            retry_after="3",
         ),
         "NotReady": _error(
             "The model is not loaded yet; retry after Retry-After seconds.",
@@ -185,6 +188,7 @@ def build_document(settings: Settings) -> JsonObject:
     """The OpenAPI 3.1 document of an app with ``settings``."""
     components = _component_schemas(settings)
     request_id = {"$ref": "#/components/parameters/X-Request-ID"}
+    post_parameters = [request_id, {"$ref": "#/components/parameters/X-Request-Timeout"}]
     zero_shot_ok = _ok(
         components, "Labels sorted by score, highest first.", "ZeroShotResponse", ["single: the text form"]
     )
@@ -200,7 +204,7 @@ def build_document(settings: Settings) -> JsonObject:
                 "operationId": "predict",
                 "summary": "Classify one premise/hypothesis pair",
                 "description": "Entailment, neutral or contradiction, with every label's probability (they sum to 1).",
-                "parameters": [request_id],
+                "parameters": post_parameters,
                 "requestBody": _body(components, "PredictRequest", ["pair: one pair"], settings),
                 "responses": {
                     "200": _ok(
@@ -219,7 +223,7 @@ def build_document(settings: Settings) -> JsonObject:
                 "summary": "Classify many pairs",
                 "description": f"Up to {settings.max_pairs} pairs (NLI_MAX_PAIRS) per request, as `pairs` or as "
                 "`premises` and `hypotheses` lists of the same length; results come back in input order.",
-                "parameters": [request_id],
+                "parameters": post_parameters,
                 "requestBody": _body(
                     components, "BatchPredictRequest", ["pairs: pair objects", "lists: parallel lists"], settings
                 ),
@@ -239,7 +243,7 @@ def build_document(settings: Settings) -> JsonObject:
                 f'"{{}}". Texts x labels at most {settings.max_pairs} (NLI_MAX_PAIRS); the model input, texts x '
                 f"labels x (text + hypothesis), at most {settings.max_expanded_chars} characters "
                 "(NLI_MAX_EXPANDED_CHARS). The `text` form answers labels and scores, the `texts` form `results`.",
-                "parameters": [request_id],
+                "parameters": post_parameters,
                 "requestBody": _body(
                     components, "ZeroShotRequest", ["single: the text form", "many: the texts form"], settings
                 ),
@@ -332,7 +336,16 @@ def build_document(settings: Settings) -> JsonObject:
                     "description": "An id for this request (1-128 of A-Z a-z 0-9 . _ : @ / + = -), echoed back and "
                     "logged; a new one is made otherwise.",
                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
-                }
+                },
+                "X-Request-Timeout": {
+                    "name": "X-Request-Timeout",
+                    "in": "header",
+                    "required": False,
+                    "description": "Seconds this client waits for the answer. The deadline is the shorter of this "
+                    f"and NLI_REQUEST_TIMEOUT ({settings.request_timeout:g} s); what cannot be answered by then is "
+                    "refused at once (429) instead of computed for nobody. Not a positive number: 400.",
+                    "schema": {"type": "number", "exclusiveMinimum": 0},
+                },
             },
         },
     }

@@ -20,7 +20,8 @@ def predict() -> dict:
     """Classify one premise/hypothesis pair."""
     pair = payloads.read(PredictRequest).pair()
     nli = service.current_service()
-    [prediction] = nli.predict([pair], request_log.account_for([pair]), arrival.client_gone_check())
+    request_log.account_for([pair])
+    [prediction] = nli.predict([pair], arrival.timing())
     return PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id).model_dump()
 
 
@@ -29,5 +30,6 @@ def batch_predict() -> dict:
     """Classify many pairs; results come back in input order."""
     pairs = payloads.read(BatchPredictRequest).to_pairs()
     nli = service.current_service()
-    predictions = nli.predict(pairs, request_log.account_for(pairs), arrival.client_gone_check())
+    request_log.account_for(pairs)
+    predictions = nli.predict(pairs, arrival.timing())
     return BatchPredictResponse(results=[_prediction(p) for p in predictions], model=nli.model_id).model_dump()

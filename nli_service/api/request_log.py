@@ -26,13 +26,12 @@ def _incoming_request_id() -> str:
     return sent if _VALID_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
 
 
-def account_for(pairs: Sequence[Pair]) -> float:
-    """Note ``pairs`` in this request's access record; when the request arrived (its deadline counts from then)."""
+def account_for(pairs: Sequence[Pair]) -> None:
+    """Note ``pairs`` in this request's access record."""
     g.pairs = len(pairs)
     g.input_chars = sum(pair.characters for pair in pairs)
     if current_app.config["NLI_SETTINGS"].log_inputs:
         g.logged_inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in pairs]
-    return g.received_at
 
 
 def _before_request() -> None:

@@ -17,9 +17,8 @@ def zero_shot() -> dict:
     request = payloads.read(ZeroShotRequest)  # also bounds texts x labels and the expanded characters
     texts, labels, template = request.all_texts(), request.labels, request.hypothesis_template
     nli = service.current_service()
-    received_at = request_log.account_for(zero_shot_pairs(texts, labels, template))
-    client_gone = arrival.client_gone_check()
-    results = nli.zero_shot(texts, labels, template, request.multi_label, received_at, client_gone)
+    request_log.account_for(zero_shot_pairs(texts, labels, template))
+    results = nli.zero_shot(texts, labels, template, request.multi_label, arrival.timing())
     if request.many:
         answers = [ZeroShotResult(labels=result.labels, scores=result.scores) for result in results]
         return ZeroShotBatchResponse(results=answers, model=nli.model_id).model_dump()

@@ -7,11 +7,16 @@ its rows. Until ``max_pairs`` pairs are gathered it waits up to ``max_wait`` for
 requests still being tokenised, and for as many requests as the last pass answered
 plus those that queued during it: clients whose answers just left usually send their
 next request within a millisecond or two, and without the wait passes settle into
-alternating halves. A request whose deadline passes while queued is answered with
-:class:`RequestTimedOut` and never computed; a request that would push the queue past
-``max_queued_pairs`` is refused at once with :class:`Overloaded` (the API says 429)
-instead of waiting towards a certain timeout. The batcher thread survives anything a
-pass raises: the requests of that pass get the error, later requests are served.
+alternating halves.
+
+Admission is by time as well as by size. The batcher keeps its :class:`Pace` (seconds per
+pair of its recent passes); a request that the pairs ahead of it and its own would carry past
+its deadline is refused at once with :class:`Overloaded` (the API says 429, with a
+``Retry-After`` of the time the queue needs to drain), as is one that would push the queue
+past ``max_queued_pairs`` (a memory bound). A request whose deadline passes while queued, or
+whose time left is shorter than its own compute time when its turn comes, is answered with
+:class:`RequestTimedOut` and never computed. The batcher thread survives anything a pass
+raises: the requests of that pass get the error, later requests are served.
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ from nli_service.inference.engine import Encoded, NLIEngine
 from nli_service.inference.types import Pair, Prediction
 from nli_service.serving.deadline import Deadline, DeadlineExceeded
 from nli_service.serving.errors import ClientGone, Overloaded, RequestTimedOut
+from nli_service.serving.pace import Pace
 from nli_service.serving.shared_cores import SharedCores
 
 log = logging.getLogger(__name__)
+
+# Admit a request only if its expected finish leaves this share of its time unused: the
+# estimate leaves out decoding, tokenising and sending, and a sibling worker's pass may slow
+# this one.
+_HEADROOM = 1.25
 
 
 @dataclass
@@ -54,10 +65,15 @@ class _Job:
         """Nobody waits for this job any more: its thread gave up, its deadline passed or its client went."""
         return self.abandoned or (self.deadline is not None and (self.deadline.expired() or self.deadline.abandoned()))
 
-    def drop(self) -> None:
+    def too_late(self, pace: Pace) -> bool:
+        """Its time left is shorter than its own expected compute time."""
+        expected = pace.seconds_for(self.size)
+        return self.deadline is not None and expected is not None and expected > self.deadline.remaining()
+
+    def drop(self, reason: str | None = None) -> None:
         """Answer this job uncomputed, saying why."""
         client_gone = self.deadline is not None and not self.deadline.expired() and self.deadline.abandoned()
-        metrics.DROPPED.labels(reason="client_gone" if client_gone else "deadline").inc()
+        metrics.DROPPED.labels(reason=reason or ("client_gone" if client_gone else "deadline")).inc()
         seconds = self.deadline.seconds if self.deadline is not None else 0
         self.finish(error=ClientGone() if client_gone else RequestTimedOut(seconds))
 
@@ -97,6 +113,9 @@ class MicroBatcher:
         self._queued_pairs = 0  # in the queue, plus being tokenised for it
         self._arriving = 0  # requests tokenising now, about to queue
         self._recent_requests = 0  # answered by the last pass, plus queued during it
+        self.pace = Pace()
+        self._pass_pairs = 0  # of the pass computing now
+        self._pass_started = 0.0
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._serve_forever, name="nli-batcher", daemon=True)
         self._thread.start()
@@ -117,7 +136,7 @@ class MicroBatcher:
 
     def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
         """Queue ``pairs`` and wait for their logits, at most until ``deadline``."""
-        self._reserve(len(pairs))
+        self._reserve(len(pairs), deadline)
         try:
             job = _Job(self._encode(pairs), deadline)
         except BaseException:
@@ -133,12 +152,32 @@ class MicroBatcher:
             raise job.error
         return job.logits
 
-    def _reserve(self, pairs: int) -> None:
+    def _reserve(self, pairs: int, deadline: Deadline | None) -> None:
+        """Count ``pairs`` in the queue, or refuse them (:class:`Overloaded`) if they cannot be answered in time."""
         with self._condition:
-            if self.max_queued_pairs and self._queued_pairs and self._queued_pairs + pairs > self.max_queued_pairs:
-                raise Overloaded(self._queued_pairs, self.max_queued_pairs)
+            queued = self._queued_pairs
+            if self.max_queued_pairs and queued and queued + pairs > self.max_queued_pairs:
+                wait = self._busy_seconds() or 1.0
+                raise Overloaded(f"{queued} pairs are already queued (limit {self.max_queued_pairs})", wait)
+            if deadline is not None and (queued or self._pass_pairs):
+                ahead = self._busy_seconds()
+                own = self.pace.seconds_for(pairs)
+                if ahead is not None and own is not None and (ahead + own) * _HEADROOM > deadline.remaining():
+                    raise Overloaded(
+                        f"the pairs ahead and these {pairs} need about {ahead + own:.1f} s, "
+                        f"more than the {max(deadline.remaining(), 0):.1f} s left to this request's deadline",
+                        ahead,
+                    )
             self._queued_pairs += pairs
             metrics.QUEUED_PAIRS.inc(pairs)
+
+    def _busy_seconds(self) -> float | None:
+        """Expected seconds until the pass computing now and everything queued are done (under the lock)."""
+        queued = self.pace.seconds_for(self._queued_pairs)
+        computing = self.pace.seconds_for(self._pass_pairs)
+        if queued is None or computing is None:
+            return None
+        return queued + max(computing - (time.monotonic() - self._pass_started), 0.0)
 
     def _release(self, pairs: int) -> None:
         with self._condition:
@@ -178,15 +217,20 @@ class MicroBatcher:
         for job in jobs:
             if job.expired():
                 job.drop()
+            elif job.too_late(self.pace):
+                job.drop("too_late")
             else:
                 live.append(job)
         return live
 
     def _run(self, jobs: list[_Job]) -> None:
         pairs = sum(job.size for job in jobs)
+        with self._condition:
+            self._pass_pairs, self._pass_started = pairs, time.monotonic()
         try:
             with self.cores.computing(pairs) if self.cores is not None else contextlib.nullcontext():
                 logits = self.engine.run(Encoded.concatenate([job.encoded for job in jobs]), _AllExpired(jobs))
+            self.pace.record(pairs, time.monotonic() - self._pass_started)
         except DeadlineExceeded as exceeded:
             for job in jobs:
                 job.finish(error=RequestTimedOut(exceeded.seconds))
@@ -196,6 +240,9 @@ class MicroBatcher:
             for job in jobs:
                 job.finish(error=error)
             return
+        finally:
+            with self._condition:
+                self._pass_pairs = 0
         offset = 0
         for job in jobs:
             job.finish(logits=logits[offset : offset + job.size])

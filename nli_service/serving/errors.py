@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class ServingError(Exception):
     """A request the serving layer cannot answer now; ``retry_after`` is in seconds, when retrying helps."""
@@ -19,13 +21,11 @@ class NotReady(ServingError):
 
 
 class Overloaded(ServingError):
-    """Too many pairs already wait in this worker; retry later or elsewhere."""
+    """This worker cannot take the request now; retry after ``retry_after`` seconds or elsewhere."""
 
-    retry_after = 1
-
-    def __init__(self, queued: int, limit: int) -> None:
-        super().__init__(f"this worker is overloaded: {queued} pairs are already queued (limit {limit}); retry shortly")
-        self.queued, self.limit = queued, limit
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(f"this worker is overloaded: {reason}; retry shortly")
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class ClientGone(ServingError):

@@ -1,14 +1,16 @@
 """What the API calls: this process's model behind the request deadline, counted in metrics.
 
 Decode and validate happen above (``api/``); tokenise, batch and forward below
-(``inference/``, through the batcher with threaded workers). Every call takes the
-time the request reached the server, so the deadline counts from there, and may say how to
-tell that its client has gone (work for it is then dropped).
+(``inference/``, through the batcher with threaded workers). Every call takes the request's
+:class:`RequestTiming`: when it reached the server (the deadline counts from there), how long
+its client will wait, if it said so, and how to tell that the client has gone (work for it is
+then dropped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -21,6 +23,15 @@ from nli_service.serving.deadline import Deadline, enforce
 
 T = TypeVar("T")
 ClientCheck = Callable[[], bool]  # True once the client has closed its connection
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """What bounds one request's work, besides the service's own ``request_timeout``."""
+
+    received_at: float | None = None  # time.monotonic() when it reached the server; None: now
+    client_timeout: float | None = None  # seconds the client said it waits (counted from received_at)
+    client_gone: ClientCheck | None = None
 
 
 class Predictor(Protocol):
@@ -53,15 +64,13 @@ class NLIService:
     def describe(self) -> dict[str, Any]:
         return self.predictor.describe()
 
-    def predict(
-        self, pairs: Sequence[Pair], received_at: float | None = None, client_gone: ClientCheck | None = None
-    ) -> list[Prediction]:
+    def predict(self, pairs: Sequence[Pair], timing: RequestTiming = RequestTiming()) -> list[Prediction]:
         """Classify ``pairs``, in input order."""
 
         def work(deadline: Deadline) -> list[Prediction]:
             return self.predictor.predict(pairs, deadline)
 
-        predictions = self._within_deadline(len(pairs), received_at, client_gone, work)
+        predictions = self._within_deadline(len(pairs), timing, work)
         metrics.count_labels(prediction.label for prediction in predictions)
         return predictions
 
@@ -71,20 +80,18 @@ class NLIService:
         labels: list[str],
         template: str,
         multi_label: bool,
-        received_at: float | None = None,
-        client_gone: ClientCheck | None = None,
+        timing: RequestTiming = RequestTiming(),
     ) -> list[ZeroShotResult]:
         """Rank ``labels`` for each text, all label pairs in one engine call."""
 
         def work(deadline: Deadline) -> list[ZeroShotResult]:
             return classify(self.predictor, texts, labels, template, multi_label, deadline)
 
-        return self._within_deadline(len(texts) * len(labels), received_at, client_gone, work)
+        return self._within_deadline(len(texts) * len(labels), timing, work)
 
-    def _within_deadline(
-        self, pairs: int, received_at: float | None, client_gone: ClientCheck | None, work: Callable[[Deadline], T]
-    ) -> T:
-        deadline = Deadline(self.request_timeout, started_at=received_at, client_gone=client_gone)
+    def _within_deadline(self, pairs: int, timing: RequestTiming, work: Callable[[Deadline], T]) -> T:
+        seconds = min(self.request_timeout, timing.client_timeout or self.request_timeout)
+        deadline = Deadline(seconds, started_at=timing.received_at, client_gone=timing.client_gone)
         with enforce(deadline):
             result = work(deadline)
         metrics.PAIRS.inc(pairs)
