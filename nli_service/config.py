@@ -166,6 +166,12 @@ class Settings:
         _positive_int,
         "zero-shot: most characters of model input, texts x labels x (text + hypothesis) (more: 413)",
     )
+    malloc_arenas: int = _setting(
+        "NLI_MALLOC_ARENAS",
+        "2",
+        _non_negative_int,
+        "glibc malloc arenas a worker's threads share (0: glibc's default, 8 per core; each fragments on its own)",
+    )
     request_timeout: float = _setting(
         "NLI_REQUEST_TIMEOUT", "20", _positive_float, "seconds a request may take (more: 408)"
     )

@@ -1,10 +1,16 @@
-"""Give freed activation memory back to the operating system.
+"""Keep a serving process's heap small: give freed activation memory back, and few malloc arenas.
 
 A forward pass over long pairs allocates hundreds of MB of activations. glibc keeps
 freed blocks in the process heap, so a worker that once served a long request stays
 that large: with several workers, the long tail of inputs sets the memory of every
 one. ``malloc_trim`` returns the free pages (a few ms); it is called only after
-large forward passes. Elsewhere than glibc it does nothing.
+large forward passes.
+
+glibc also gives threads their own malloc arenas, up to 8 per core: a worker's 16 request
+threads each tokenising and decoding grow as many heaps, each fragmenting on its own, and the
+worker's RSS creeps up for tens of minutes. :func:`limit_malloc_arenas` caps them (as
+``MALLOC_ARENA_MAX`` would, but it works after a fork, where the environment variable is read
+too early to matter). Elsewhere than glibc both do nothing.
 """
 
 from __future__ import annotations
@@ -17,18 +23,30 @@ LARGE_FORWARD_TOKENS = 4096
 """Padded tokens in one forward pass from which its activations are worth giving back."""
 
 
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
 @functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str):
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return None
 
 
+def limit_malloc_arenas(count: int) -> bool:
+    """Let this process's threads share at most ``count`` malloc arenas from now on; False where
+    that is not possible (not glibc, or ``count`` 0: glibc's default)."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or count <= 0:
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
+
+
 def release_free_memory() -> bool:
     """Return the heap's free pages to the OS; False where that is not possible."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)

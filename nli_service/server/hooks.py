@@ -170,11 +170,13 @@ def post_worker_init(worker: Any) -> None:
     from nli_service.server.worker_table import TABLE
     from nli_service.serving.runtime import WorkerContext, prepare_worker
 
-    threads = Settings.from_env().torch_threads_for(worker.cfg.workers)
+    settings = Settings.from_env()
+    threads = settings.torch_threads_for(worker.cfg.workers)
     slot = getattr(worker, "slot", None)  # only gthread's BalancedThreadWorker has one
     batching = isinstance(worker, ThreadWorker)  # requests arrive on several threads: batch them
+    table = TABLE if slot is not None else None
     try:
-        prepare_worker(WorkerContext(threads, batching, TABLE if slot is not None else None, slot))
+        prepare_worker(WorkerContext(threads, batching, table, slot, settings.malloc_arenas))
     except Exception as error:  # noqa: BLE001 - decided below: halt the server, or let it replace this worker
         _worker_failed_to_start(worker, error)
     worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains

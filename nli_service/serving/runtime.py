@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from nli_service import metrics
 from nli_service.config import Settings, available_cores
+from nli_service.inference import memory
 from nli_service.inference.engine import NLIEngine, set_torch_threads
 from nli_service.serving.batcher import MicroBatcher
 from nli_service.serving.service import NLIService, Predictor
@@ -68,6 +69,7 @@ class WorkerContext:
     batching: bool | None = None  # None: as the settings' worker class says
     table: CoreTable | None = None
     slot: int | None = None
+    malloc_arenas: int = 0  # 0: glibc's default
 
 
 _engine: NLIEngine | None = None
@@ -101,6 +103,7 @@ def prepare_worker(context: WorkerContext) -> None:
     """In a freshly forked worker (or the dev server): size torch's threads, then warm up."""
     global _worker
     _worker = context
+    memory.limit_malloc_arenas(context.malloc_arenas)
     set_torch_threads(context.threads)
     if _engine is not None:
         _engine.start(context.threads)
