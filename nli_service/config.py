@@ -55,6 +55,28 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _optional(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _rate_limits(raw: str) -> str | None:
+    """``20/second;1000/minute`` (the ``limits`` package's notation), or empty for none."""
+    if not raw.strip():
+        return None
+    from limits import parse_many
+
+    parse_many(raw)  # ValueError names what it could not read
+    return raw.strip()
+
+
+def _redis_url(raw: str) -> str | None:
+    if not raw.strip():
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw.strip()
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -229,6 +251,28 @@ class Settings:
     torch_threads: int | None = _setting(
         "NLI_TORCH_THREADS", "auto", _optional_positive_int, "torch threads per worker (auto: cores // workers)"
     )
+    api_keys_file: str | None = _setting(
+        "NLI_API_KEYS_FILE",
+        "",
+        _optional,
+        "file of API keys, one per line (`key` or `name:key`); set: the API routes need one (re-read when it changes)",
+    )
+    rate_limit: str | None = _setting(
+        "NLI_RATE_LIMIT", "", _rate_limits, "requests per API key (or client address), e.g. `20/second;1000/minute`"
+    )
+    pair_rate_limit: str | None = _setting(
+        "NLI_PAIR_RATE_LIMIT", "", _rate_limits, "pairs per API key (or client address), e.g. `5000/minute`"
+    )
+    rate_limit_fail_closed: bool = _setting(
+        "NLI_RATE_LIMIT_FAIL_CLOSED", "false", _boolean, "while Redis is unreachable: refuse (503) instead of serving"
+    )
+    redis_url: str | None = _setting(
+        "NLI_REDIS_URL", "", _redis_url, "Redis for rate limits and the result cache, shared by workers and replicas"
+    )
+    cache_size: int = _setting(
+        "NLI_CACHE_SIZE", "10000", _non_negative_int, "results kept in each worker's in-process cache (0: no cache)"
+    )
+    cache_ttl: float = _setting("NLI_CACHE_TTL", "86400", _positive_float, "seconds a result stays in the Redis cache")
 
     model_is_default: bool = field(default=True, metadata={})  # NLI_MODEL unset: may fall back to the bundled model
 

@@ -38,6 +38,17 @@ DROPPED = Counter(
     "Requests answered without computing them: deadline passed or too near while queued, client gone",
     ["reason"],
 )
+CACHE_HITS = Counter("nli_cache_hits", "Pairs answered from the result cache", ["store"])
+CACHE_MISSES = Counter("nli_cache_misses", "Pairs looked up in the result cache and not found", ["store"])
+CACHE_EVICTIONS = Counter("nli_cache_evictions", "Results evicted from the in-process cache (LRU)", ["store"])
+CACHE_ERRORS = Counter(
+    "nli_cache_errors", "Result-cache calls that failed (Redis unreachable): served uncached", ["store"]
+)
+KEY_REQUESTS = Counter("nli_api_key_requests", "API requests by key name (never the key)", ["key", "status"])
+RATE_LIMITED = Counter("nli_rate_limited", "Requests refused 429 by a rate limit", ["limit"])
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "nli_rate_limit_store_errors", "Rate-limit checks the store (Redis) could not answer", ["outcome"]
+)
 BORROWED_CORES = Counter("nli_borrowed_cores_passes", "Lone small passes run on idle workers' cores too")
 MODEL_LOAD_SECONDS = Gauge("nli_model_load_seconds", "Seconds taken to load the model", multiprocess_mode="max")
 

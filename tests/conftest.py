@@ -237,3 +237,15 @@ def make_app(tmp_path: Path, model_dir: Path):
 def client(make_app) -> Iterator:
     with make_app().test_client() as test_client:
         yield test_client
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator:
+    """A real redis-server on a free port (tests/redis_server.py), killed after the test."""
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
