@@ -533,6 +533,16 @@ class ReadyResponse(BaseModel):
     model: str
 
 
+class CacheInfo(BaseModel):
+    """Whether results are cached, and where."""
+
+    store: Literal["memory", "redis"] | None = Field(
+        description="memory: each worker's LRU; redis: shared by every worker and replica; null: no cache."
+    )
+    size: int | None = Field(description="Results each worker's LRU keeps (memory; 0 when off).")
+    ttl_seconds: float | None = Field(description="Seconds a result stays in Redis (redis).")
+
+
 class ModelInfo(BaseModel):
     """The served model and the request limits (clients split their batches by them)."""
 
@@ -542,6 +552,7 @@ class ModelInfo(BaseModel):
             "examples": [
                 {
                     "id": "cross-encoder/nli-distilroberta-base",
+                    "version": "3f2a9c4e1b7d6a05-torch-float32",
                     "source": "cache",
                     "fallback": False,
                     "requested_model": "cross-encoder/nli-distilroberta-base",
@@ -562,12 +573,16 @@ class ModelInfo(BaseModel):
                     "max_pairs": 256,
                     "max_body_bytes": 1048576,
                     "request_timeout": 30.0,
+                    "cache": {"store": "memory", "size": 10000, "ttl_seconds": None},
                 }
             ]
         },
     )
 
     id: str
+    version: str = Field(
+        description="A digest of the model's files and how they run (backend, export, dtype): results are keyed by it."
+    )
     source: str = Field(description="local / cache / hub")
     fallback: bool = Field(description="True when the bundled model serves in place of the requested one.")
     requested_model: str = Field(description="The model asked for (differs from id after a fallback).")
@@ -588,6 +603,7 @@ class ModelInfo(BaseModel):
     max_pairs: int = Field(description="Most pairs in one request (zero-shot: texts x labels).")
     max_body_bytes: int = Field(description="Largest request body in bytes.")
     request_timeout: float = Field(description="Seconds a request may take.")
+    cache: CacheInfo = Field(description="The result cache (pairs answered before are not computed again).")
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, BatchPredictRequest, ZeroShotRequest)

@@ -150,7 +150,7 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_the_request_id(clien
     def explode(pairs, deadline=None):
         raise RuntimeError("secret internal detail at /srv/nli_service/engine.py")
 
-    monkeypatch.setattr(engine_of(client.application), "predict", explode)
+    monkeypatch.setattr(engine_of(client.application), "logits", explode)  # under predict and the cache
     response = client.post("/predict", json=PAIR, headers={"X-Request-ID": "trace-500"})
     body = assert_json_error(response, 500)
     assert "secret" not in body["error"] and body["request_id"] == "trace-500"
@@ -221,7 +221,7 @@ def test_a_deadline_passing_during_tokenisation_is_not_mistaken_for_a_tokenizer_
 def test_off_the_main_thread_the_deadline_is_checked_between_chunks(make_app, monkeypatch) -> None:
     import threading
 
-    app = make_app(NLI_REQUEST_TIMEOUT=0.3, NLI_BATCH_SIZE=1)
+    app = make_app(NLI_REQUEST_TIMEOUT=0.3, NLI_BATCH_SIZE=1, NLI_CACHE_SIZE=0)  # the same pair 10 times: 10 passes
     engine = engine_of(app)
     monkeypatch.setattr(engine, "forward", _slow_forward(engine, 0.2))
     responses = []

@@ -60,7 +60,7 @@ def test_the_deadline_counts_from_x_request_start(make_app, monkeypatch) -> None
 
 
 def test_the_clients_x_request_timeout_shortens_the_deadline_never_lengthens_it(make_app, monkeypatch) -> None:
-    app = make_app(NLI_REQUEST_TIMEOUT=1.5, NLI_BATCH_SIZE=1)
+    app = make_app(NLI_REQUEST_TIMEOUT=1.5, NLI_BATCH_SIZE=1, NLI_CACHE_SIZE=0)  # PAIR computed in every request
     forwarded = _counting_forwards(engine_of(app), monkeypatch, seconds=0.4)
     client = app.test_client()
     pairs = {"pairs": [PAIR] * 3}  # three passes of 0.4 s

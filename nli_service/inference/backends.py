@@ -45,6 +45,7 @@ class Backend(Protocol):
     quantize: str
     quantization: str  # how, in words, for /model
     dtype: torch.dtype  # what the model computes in, once started
+    variant: str  # what its answers depend on besides the model's files (cached results are keyed by it)
 
     def start(self, threads: int) -> None: ...
 
@@ -61,6 +62,7 @@ class TorchBackend:
     def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.dtype = dtype or model.dtype
+        self.variant = f"torch-{str(self.dtype).removeprefix('torch.')}"
         self._runnable = model if model.dtype == self.dtype else None
 
     def start(self, threads: int) -> None:
@@ -124,8 +126,13 @@ def _files_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_fingerprint(model_path: str) -> str:
+    """The model's version: a digest of its folder's files (names and contents)."""
+    return _files_fingerprint(list(Path(model_path).iterdir()))
+
+
 def _model_key(model_path: str) -> str:
-    return f"{Path(model_path).name}-{_files_fingerprint(list(Path(model_path).iterdir()))}"
+    return f"{Path(model_path).name}-{model_fingerprint(model_path)}"
 
 
 def _calibration_file(quantize: str, calibration_data: str | None) -> Path | None:
@@ -185,7 +192,8 @@ class OnnxBackend:
         if self.calibration is not None:
             variant = f"{quantize}-{int8.SCHEME}-{_files_fingerprint([self.calibration])}"
             self.quantization = f"smoothed dynamic int8, calibrated on {self.calibration.name} ({int8.SCHEME})"
-        key = f"{_model_key(model_path)}-opset{ONNX_OPSET}-{EXPORTER}-{variant}"
+        self.variant = f"onnx-opset{ONNX_OPSET}-{EXPORTER}-{variant}"
+        key = f"{_model_key(model_path)}-{self.variant.removeprefix('onnx-')}"
         self.path = onnx_cache_dir() / key / "model.onnx"
         command = ["-m", "nli_service.inference.onnx_export", model_path, str(self.path)]
         command += ["--quantize", quantize, "--inputs", ",".join(input_names), "--opset", str(ONNX_OPSET)]

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 import torch
 
 from nli_service.inference.backend_choice import choose_backend
-from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend
+from nli_service.inference.backends import Backend, OnnxBackend, TorchBackend, model_fingerprint
 from nli_service.inference.labels import LabelError, LabelMap
 from nli_service.inference.loader import (
     ModelLoadError,
@@ -208,6 +209,11 @@ class NLIEngine:
     def parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.model.parameters())
 
+    @cached_property
+    def version(self) -> str:
+        """The model's files and how they run (backend, export, dtype): equal versions give equal answers."""
+        return f"{model_fingerprint(self.source.path)}-{self.backend.variant}"
+
     # -- the pipeline ------------------------------------------------------------------
 
     def predict(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> list[Prediction]:
@@ -314,6 +320,7 @@ class NLIEngine:
         """Everything /model reports."""
         return {
             "id": self.model_id,
+            "version": self.version,
             "source": self.source.origin,
             "fallback": self.source.fallback_from is not None,
             "requested_model": self.source.fallback_from or self.model_id,

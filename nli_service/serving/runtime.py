@@ -18,6 +18,7 @@ from nli_service.config import Settings, available_cores
 from nli_service.inference import memory
 from nli_service.inference.engine import NLIEngine, set_torch_threads
 from nli_service.serving.batcher import MicroBatcher
+from nli_service.serving.cache import CachingPredictor, result_store
 from nli_service.serving.service import NLIService, Predictor
 from nli_service.serving.shared_cores import CoreTable, SharedCores
 
@@ -111,8 +112,9 @@ def prepare_worker(context: WorkerContext) -> None:
 
 def service_for(settings: Settings) -> NLIService:
     """The service the API calls in this process: the engine, with threaded workers behind the
-    cross-request batcher. Ask again in each request: a Gunicorn worker is forked after the app
-    was built, and the batcher's thread must be this process's own."""
+    cross-request batcher, behind the result cache. Ask again in each request: a Gunicorn worker
+    is forked after the app was built, and the batcher's thread (and the cache's Redis
+    connections) must be this process's own."""
     key = (os.getpid(), settings, _batching(settings))
     service = _services.get(key)  # the common case: one dict lookup per request
     if service is None:
@@ -131,6 +133,11 @@ def _batching(settings: Settings) -> bool:
 
 
 def _predictor(engine: NLIEngine, settings: Settings) -> Predictor:
+    """The result cache outermost (a hit never queues), then the batcher, then the engine."""
+    return CachingPredictor(_computing(engine, settings), engine, result_store(settings))
+
+
+def _computing(engine: NLIEngine, settings: Settings) -> Predictor:
     if not _batching(settings):
         return engine
     return MicroBatcher(
