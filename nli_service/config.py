@@ -266,6 +266,12 @@ class Settings:
     rate_limit_fail_closed: bool = _setting(
         "NLI_RATE_LIMIT_FAIL_CLOSED", "false", _boolean, "while Redis is unreachable: refuse (503) instead of serving"
     )
+    proxies: int = _setting(
+        "NLI_PROXIES",
+        "0",
+        _non_negative_int,
+        "proxies in front that append to X-Forwarded-For (the shipped nginx: 1); client addresses are read past them",
+    )
     redis_url: str | None = _setting(
         "NLI_REDIS_URL", "", _redis_url, "Redis for rate limits and the result cache, shared by workers and replicas"
     )

@@ -1,8 +1,10 @@
 """The HTTP API: the Flask app, one blueprint per module, the request schemas and the error layer.
 
-A request goes: a blueprint (``predict``, ``zero_shot``, ``health``) -> ``payloads`` (decode
-and validate the body) -> ``service`` (this process's ``serving.NLIService``) -> back out
-through ``payloads``; ``errors`` turns every failure into JSON. Nothing here imports torch.
+A request goes: ``auth`` (its API key, when keys are on) and ``rate_limit`` (its client's
+request budget) -> a blueprint (``predict``, ``zero_shot``, ``health``) -> ``payloads`` (decode
+and validate the body; then the pair budget) -> ``service`` (this process's
+``serving.NLIService``) -> back out through ``payloads``; ``errors`` turns every failure into
+JSON. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from nli_service import logs
-from nli_service.api import errors, health, openapi, predict, request_log, request_metrics, service, zero_shot
+from nli_service.api import (
+    auth,
+    errors,
+    health,
+    openapi,
+    predict,
+    rate_limit,
+    request_log,
+    request_metrics,
+    service,
+    zero_shot,
+)
 from nli_service.config import Settings
 
 
@@ -37,10 +51,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logs.configure_logging(settings)
     request_log.init_app(app)
     request_metrics.init_app(app)
+    auth.init_app(app)
+    rate_limit.init_app(app)
     errors.init_app(app)
     service.init_app(app)
     app.register_blueprint(predict.bp)
     app.register_blueprint(zero_shot.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    if settings.proxies:  # client addresses (rate limits, logs) through the proxies' X-Forwarded-For
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxies)  # type: ignore[method-assign]
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from nli_service.api import arrival, payloads, request_log, service
+from nli_service.api import arrival, payloads, rate_limit, request_log, service
 from nli_service.inference import types
 from nli_service.schemas import BatchPredictRequest, BatchPredictResponse, Prediction, PredictRequest, PredictResponse
 
@@ -21,6 +21,7 @@ def predict() -> dict:
     pair = payloads.read(PredictRequest).pair()
     nli = service.current_service()
     request_log.account_for([pair])
+    rate_limit.count_pairs(1)
     [prediction] = nli.predict([pair], arrival.timing())
     return PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id).model_dump()
 
@@ -31,5 +32,6 @@ def batch_predict() -> dict:
     pairs = payloads.read(BatchPredictRequest).to_pairs()
     nli = service.current_service()
     request_log.account_for(pairs)
+    rate_limit.count_pairs(len(pairs))
     predictions = nli.predict(pairs, arrival.timing())
     return BatchPredictResponse(results=[_prediction(p) for p in predictions], model=nli.model_id).model_dump()

@@ -54,6 +54,8 @@ def _after_request(response: Response) -> Response:
         "input_chars": g.get("input_chars", 0),
         "worker_pid": os.getpid(),
     }
+    if "api_key_name" in g:
+        record["api_key"] = g.api_key_name  # the key's name, never the key
     if "logged_inputs" in g:
         record["inputs"] = g.logged_inputs
     log.info("request", extra=record)

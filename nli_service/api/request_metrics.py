@@ -6,7 +6,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from nli_service.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS
+from nli_service.metrics import IN_FLIGHT, KEY_REQUESTS, REQUEST_LATENCY, REQUESTS
 
 _KNOWN_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
@@ -29,6 +29,8 @@ def _after_request(response: Response) -> Response:
     method, endpoint = _method(), _endpoint()
     REQUESTS.labels(method=method, endpoint=endpoint, status=str(response.status_code)).inc()
     REQUEST_LATENCY.labels(method=method, endpoint=endpoint).observe(time.perf_counter() - g.metrics_started)
+    if "api_key_name" in g:
+        KEY_REQUESTS.labels(key=g.api_key_name, status=str(response.status_code)).inc()
     return response
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from nli_service.api import arrival, payloads, request_log, service
+from nli_service.api import arrival, payloads, rate_limit, request_log, service
 from nli_service.inference.types import zero_shot_pairs
 from nli_service.schemas import ZeroShotBatchResponse, ZeroShotRequest, ZeroShotResponse, ZeroShotResult
 
@@ -18,6 +18,7 @@ def zero_shot() -> dict:
     texts, labels, template = request.all_texts(), request.labels, request.hypothesis_template
     nli = service.current_service()
     request_log.account_for(zero_shot_pairs(texts, labels, template))
+    rate_limit.count_pairs(len(texts) * len(labels))
     results = nli.zero_shot(texts, labels, template, request.multi_label, arrival.timing())
     if request.many:
         answers = [ZeroShotResult(labels=result.labels, scores=result.scores) for result in results]
