@@ -69,7 +69,7 @@ def _local(command: list[str]) -> int:
 
 
 def _client(args: argparse.Namespace) -> NLIClient:
-    return NLIClient(args.url, timeout=args.timeout, retries=args.retries)
+    return NLIClient(args.url, timeout=args.timeout, retries=args.retries, api_key=args.api_key)
 
 
 def _print(result: Any) -> None:
@@ -263,6 +263,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.url,
         timeout=args.timeout,
         retries=args.retries,
+        api_key=args.api_key,
         rate=args.rate,
         burst=args.burst,
         max_concurrency=args.concurrency,
@@ -357,6 +358,11 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=POSITIVE, default=60, help="seconds per HTTP request")
         sub.add_argument(
             "--retries", type=AT_LEAST_ZERO, default=3, help="retries on connection errors, 429, 502, 503 and 504"
+        )
+        sub.add_argument(
+            "--api-key",
+            default=os.environ.get("NLI_API_KEY"),
+            help="sent as Authorization: Bearer (default: $NLI_API_KEY)",
         )
 
     serve = commands.add_parser(

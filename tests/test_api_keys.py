@@ -123,3 +123,23 @@ def test_over_gunicorn_workers_every_worker_asks_for_the_key(services, model_dir
         ]
         assert statuses == [401] * 6 and keyed == [200] * 6
         assert metric_sum(scrape(service.metrics_url), "nli_api_key_requests_total", key="alice", status="200") == 6
+        from test_cli import run
+
+        command = ["predict", *SAMPLE_PAIRS[0], "--url", service.url]
+        assert run(*command, "--api-key", ALICE).returncode == 0
+        assert run(*command, env={**os.environ, "NLI_API_KEY": BOB}).returncode == 0
+        refused = run(*command)
+        assert refused.returncode != 0 and "401" in refused.stderr + refused.stdout
+
+
+def test_the_openapi_document_says_which_operations_need_a_key(app, make_app) -> None:
+    from openapi_spec_validator import validate
+
+    document = app.test_client().get("/openapi.json").get_json()
+    validate(document)
+    paths = document["paths"]
+    keyed = {path for path, item in paths.items() for operation in item.values() if operation.get("security")}
+    assert keyed == {"/predict", "/batch-predict", "/zero-shot", "/model"}
+    assert all("401" in paths[path][next(iter(paths[path]))]["responses"] for path in keyed)
+    open_document = make_app().test_client().get("/openapi.json").get_json()
+    assert not any(op.get("security") for item in open_document["paths"].values() for op in item.values())

@@ -116,13 +116,19 @@ def _error_responses(settings: Settings) -> dict[str, JsonObject]:
             "split the batch",
             413,
         ),
+        "Unauthorized": _error(
+            "NLI_API_KEYS_FILE is set and the request carries no API key, or a wrong one (WWW-Authenticate: Bearer).",
+            "the API key is not valid",
+            401,
+        ),
         "UnsupportedMediaType": _error(
             "Content-Type is not application/json.", "Content-Type must be application/json, got 'text/plain'", 415
         ),
         "Overloaded": _error(
-            "A threaded worker could not answer before the request's deadline (the pairs queued ahead and these, "
-            "at its recent pace), or already has NLI_MAX_QUEUED_PAIRS pairs waiting: refused at once; retry after "
-            "Retry-After seconds (the time its queue needs to drain).",
+            "The client's key or address is over NLI_RATE_LIMIT / NLI_PAIR_RATE_LIMIT (RateLimit-* headers say its "
+            "budget), or a threaded worker could not answer before the request's deadline (the pairs queued "
+            "ahead and these, at its recent pace), or already has NLI_MAX_QUEUED_PAIRS pairs waiting: refused at "
+            "once; retry after Retry-After seconds.",
             "this worker is overloaded: the pairs ahead and these 256 need about 6.1 s, more than the 4.9 s left to "
             "this request's deadline; retry shortly",
             429,
@@ -174,6 +180,7 @@ def _errors(*names: str) -> JsonObject:
         "Timeout": "408",
         "TooLarge": "413",
         "UnsupportedMediaType": "415",
+        "Unauthorized": "401",
         "Overloaded": "429",
         "NotReady": "503",
         "InternalError": "500",
@@ -189,6 +196,10 @@ def build_document(settings: Settings) -> JsonObject:
     components = _component_schemas(settings)
     request_id = {"$ref": "#/components/parameters/X-Request-ID"}
     post_parameters = [request_id, {"$ref": "#/components/parameters/X-Request-Timeout"}]
+    keyed: JsonObject = {}  # what an operation that needs an API key adds, when keys are on
+    if settings.api_keys_file:
+        keyed = {"security": [{"bearer": []}, {"apiKey": []}]}
+    post_errors = _errors(*_POST_ERRORS, *(["Unauthorized"] if keyed else []))
     zero_shot_ok = _ok(
         components, "Labels sorted by score, highest first.", "ZeroShotResponse", ["single: the text form"]
     )
@@ -202,6 +213,7 @@ def build_document(settings: Settings) -> JsonObject:
         "/predict": {
             "post": {
                 "operationId": "predict",
+                **keyed,
                 "summary": "Classify one premise/hypothesis pair",
                 "description": "Entailment, neutral or contradiction, with every label's probability (they sum to 1).",
                 "parameters": post_parameters,
@@ -213,13 +225,14 @@ def build_document(settings: Settings) -> JsonObject:
                         "PredictResponse",
                         ["entailment: an entailed hypothesis"],
                     ),
-                    **_errors(*_POST_ERRORS),
+                    **post_errors,
                 },
             }
         },
         "/batch-predict": {
             "post": {
                 "operationId": "batchPredict",
+                **keyed,
                 "summary": "Classify many pairs",
                 "description": f"Up to {settings.max_pairs} pairs (NLI_MAX_PAIRS) per request, as `pairs` or as "
                 "`premises` and `hypotheses` lists of the same length; results come back in input order.",
@@ -231,13 +244,14 @@ def build_document(settings: Settings) -> JsonObject:
                     "200": _ok(
                         components, "One prediction per pair, in order.", "BatchPredictResponse", ["two: two pairs"]
                     ),
-                    **_errors(*_POST_ERRORS),
+                    **post_errors,
                 },
             }
         },
         "/zero-shot": {
             "post": {
                 "operationId": "zeroShot",
+                **keyed,
                 "summary": "Zero-shot classification with your own labels",
                 "description": "One NLI pair per (text, label): the text against the template with the label in its "
                 f'"{{}}". Texts x labels at most {settings.max_pairs} (NLI_MAX_PAIRS); the model input, texts x '
@@ -247,7 +261,7 @@ def build_document(settings: Settings) -> JsonObject:
                 "requestBody": _body(
                     components, "ZeroShotRequest", ["single: the text form", "many: the texts form"], settings
                 ),
-                "responses": {"200": zero_shot_ok, **_errors(*_POST_ERRORS)},
+                "responses": {"200": zero_shot_ok, **post_errors},
             }
         },
         "/health": {
@@ -277,6 +291,7 @@ def build_document(settings: Settings) -> JsonObject:
         "/model": {
             "get": {
                 "operationId": "model",
+                **keyed,
                 "summary": "The served model and the request limits",
                 "parameters": [request_id],
                 "responses": {
@@ -286,7 +301,7 @@ def build_document(settings: Settings) -> JsonObject:
                         "ModelInfo",
                         ["model: the default model on CPU"],
                     ),
-                    **_errors("NotReady", "InternalError"),
+                    **_errors("NotReady", "InternalError", *(["Unauthorized"] if keyed else [])),
                 },
             }
         },
@@ -327,6 +342,10 @@ def build_document(settings: Settings) -> JsonObject:
                     "description": "Seconds to wait before retrying.",
                     "schema": {"type": "string", "pattern": "^[0-9]+$"},
                 },
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
             "parameters": {
                 "X-Request-ID": {
