@@ -14,8 +14,15 @@
    no length sorting, no micro-batching.
 4. Memory: summed PSS of the 4-worker server vs one ``python app.py`` process, each
    measured after serving the same kinds of requests.
+5. The result cache: two default services side by side, the cache on (its default) and off,
+   sent the same /batch-predict workload in which half of every request's pairs were seen
+   before, in 3 alternating rounds; then every cached answer is compared with the computed one.
+   (Every other service here runs with the cache off: their workloads cycle through the same
+   bodies, which after one pass would all be answered from the cache.)
 
-Writes bench-results/latest.json and docs/benchmarks.md.
+Writes bench-results/latest.json and docs/benchmarks.md; ``--only cache`` runs the cache's
+scenario alone and writes bench-results/cache.json (docs/benchmarks.md only from full runs,
+whose ratios all come from one run).
 """
 
 from __future__ import annotations
@@ -30,15 +37,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.loadgen import percentile
 from bench.models import generated_model
-from bench.server import PROJECT_ROOT, Service, pss_mib
+from bench.server import PROJECT_ROOT, Service, free_port, pss_mib
 from bench.workloads import DATA_DIR, as_json, long_tail, snli_pairs
 from nli_service.config import available_cores, default_layout
-from nli_service.inference.types import NLI_LABELS, Pair
+from nli_service.inference.types import NLI_LABELS, Pair, Prediction
 
 CORES = available_cores()
 DEFAULT_WORKERS = default_layout(CORES).workers  # what `make run` starts on this machine
@@ -207,11 +215,14 @@ def measure_long_tail(engine: Any, pairs: list[Pair], seconds: float) -> dict[st
 # -- 2, 3. the service under load --------------------------------------------------------
 
 
-def _drive(service: Service, path: str, bodies: list[dict], concurrency: int, seconds: float) -> dict[str, Any]:
+def _drive(
+    service: Service, path: str, bodies: list[dict], concurrency: int, seconds: float, once: bool = False
+) -> dict[str, Any]:
+    """``bench.loadgen`` in its own process; ``once``: no body sent twice."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
         json.dump(bodies, file)
     command = [sys.executable, "-m", "bench.loadgen", service.url, path, file.name]
-    command += ["--concurrency", str(concurrency), "--duration", str(seconds)]
+    command += ["--concurrency", str(concurrency), "--duration", str(seconds)] + (["--once"] if once else [])
     output = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
     os.unlink(file.name)
     return json.loads(output)
@@ -309,9 +320,13 @@ def single_process_pss(model_settings: dict[str, str], pairs: list[Pair]) -> flo
         service.stop()
 
 
+COMPUTING = {"NLI_CACHE_SIZE": "0"}  # the result cache off: the workloads repeat their bodies
+
+
 def default_settings(common: dict[str, str]) -> dict[str, str]:
-    """``make run`` as a user starts it: no layout setting, the defaults choose (config.Layout)."""
-    return dict(common)
+    """``make run`` as a user starts it: no layout setting, the defaults choose (config.Layout);
+    the result cache off, so that every request is computed."""
+    return {**common, **COMPUTING}
 
 
 def naive_settings(common: dict[str, str]) -> dict[str, str]:
@@ -319,6 +334,7 @@ def naive_settings(common: dict[str, str]) -> dict[str, str]:
     defaults chose: 4 sync workers, every core's threads in each, no length sorting."""
     return {
         **common,
+        **COMPUTING,
         "NLI_WORKER_CLASS": "sync",
         "NLI_WORKERS": "4",
         "NLI_BATCH_SIZE": "8",
@@ -345,6 +361,103 @@ def measure_engines_and_default(
     default = measure_service("default", settings, DEFAULT_WORKERS, pairs, seconds, each_round=each_round)
     engine["raw"], engine["backends"] = raw.summary(), backends.summary()
     return engine, default
+
+
+# -- 5. the result cache ----------------------------------------------------------------
+
+CACHE_HOT_PAIRS = 64  # the pairs that repeat: half of every request
+CACHE_BODY_PAIRS = 32
+CACHE_CHECK_BODIES = 8  # bodies of new pairs: computed once, then asked again
+
+
+def cache_bodies(hot: list[Pair], fresh: list[Pair]) -> list[dict]:
+    """/batch-predict bodies of ``CACHE_BODY_PAIRS`` pairs: half from ``hot``, half from ``fresh`` (each once)."""
+    half = CACHE_BODY_PAIRS // 2
+    return [
+        {"pairs": as_json(hot[(i * half) % len(hot) :][:half] + fresh[i * half : (i + 1) * half])}
+        for i in range(len(fresh) // half)
+    ]
+
+
+def _post(service: Service, path: str, body: dict) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(f"{service.url}{path}", json.dumps(body).encode(), headers)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.read()
+
+
+def _cache_hits(service: Service) -> float:
+    """``nli_cache_hits_total`` of every worker, from the service's metrics port."""
+    with urllib.request.urlopen(service.metrics_url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith("nli_cache_hits_total{"))
+
+
+def check_cached_answers(on: Service, off: Service, bodies: list[dict]) -> dict[str, Any]:
+    """Each body of new pairs sent to the cache-on service once (computed) and three times more
+    (from the cache of the worker that computed it; a worker that had not met it computes it
+    too): every answer must equal the computed one, and each whole response its bytes. The
+    cache-off service's answers are compared as probabilities."""
+    hits_before = _cache_hits(on)
+    answers = equal = identical = 0
+    computed_results: list[Prediction] = []
+    uncached_results: list[Prediction] = []
+    for body in bodies:
+        computed = _post(on, "/batch-predict", body)
+        first = json.loads(computed)["results"]
+        for _ in range(3):
+            again = _post(on, "/batch-predict", body)
+            identical += again == computed
+            answers += len(first)
+            equal += sum(a == b for a, b in zip(json.loads(again)["results"], first, strict=True))
+        computed_results += [Prediction(**row) for row in first]
+        uncached_results += [Prediction(**row) for row in json.loads(_post(off, "/batch-predict", body))["results"]]
+    return {
+        "answers": answers,
+        "from_the_cache": int(_cache_hits(on) - hits_before),
+        "equal_share": round(equal / answers, 4),
+        "identical_responses": f"{identical}/{3 * len(bodies)}",
+        "against_cache_off": _agreement(uncached_results, computed_results),
+    }
+
+
+def measure_cache(common: dict[str, str], seconds: float) -> dict[str, Any]:
+    """The default service with the result cache on and off, side by side, on /batch-predict of
+    32 pairs at c=2, half of each request seen before: ``SERVICE_ROUNDS`` runs of ``seconds / 2``
+    each, alternating, every run's new pairs new to both. The speed-up is the median of the
+    ratios within a round."""
+    pool = snli_pairs(10_000, seed=3)  # all of SNLI test, shuffled: distinct pairs
+    check_size = CACHE_BODY_PAIRS * CACHE_CHECK_BODIES
+    hot, check = pool[:CACHE_HOT_PAIRS], pool[CACHE_HOT_PAIRS : CACHE_HOT_PAIRS + check_size]
+    fresh = pool[CACHE_HOT_PAIRS + check_size :]
+    per_round = len(fresh) // SERVICE_ROUNDS
+    computing = default_settings(common)
+    cache_on = {key: value for key, value in computing.items() if key not in COMPUTING}
+    settings = {"on": {**cache_on, "NLI_METRICS_PORT": str(free_port())}, "off": computing}
+    services = {name: Service(values) for name, values in settings.items()}
+    runs: dict[str, list[dict]] = {name: [] for name in services}
+    try:
+        for service in services.values():
+            service.wait_ready(DEFAULT_WORKERS)
+            _drive(service, "/batch-predict", cache_bodies(hot, hot), 2, 2)  # warm-up; every worker meets the hot pairs
+        for number in range(SERVICE_ROUNDS):
+            bodies = cache_bodies(hot, fresh[number * per_round : (number + 1) * per_round])
+            for name, service in services.items():
+                runs[name].append(_drive(service, "/batch-predict", bodies, 2, seconds / 2, once=True))
+        check_bodies = [
+            {"pairs": as_json(check[i : i + CACHE_BODY_PAIRS])} for i in range(0, check_size, CACHE_BODY_PAIRS)
+        ]
+        checked = check_cached_answers(services["on"], services["off"], check_bodies)
+    finally:
+        for service in services.values():
+            service.stop()
+    ratios = [on["pairs_per_second"] / off["pairs_per_second"] for on, off in zip(runs["on"], runs["off"], strict=True)]
+    result: dict[str, Any] = {name: _summary(name_runs) for name, name_runs in runs.items()}
+    result["speedup"] = round(statistics.median(ratios), 2)
+    result["speedup_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
+    result["check"] = checked
+    print(f"cache: {json.dumps({key: _without_requests(value) for key, value in result.items()})}", flush=True)
+    return result
 
 
 # -- report ---------------------------------------------------------------------------
@@ -378,11 +491,44 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
             3.0,
         ),
         ("long tail: sorted / unsorted, both batch 32", tail["sorted_b32"] / tail["unsorted_b32"], 3.0),
+        *cache_targets(result["cache"]),
     ]
+    return judge(rows)
+
+
+def judge(rows: list[tuple[str, float, float]]) -> list[tuple[str, float, float, bool]]:
+    """(target, measured, required) rows with whether each is met, in its direction."""
     return [
         (label, round(value, 2), need, value <= need if "lower is better" in label else value >= need)
         for label, value, need in rows
     ]
+
+
+def target_table(judged: list[tuple[str, float, float, bool]]) -> list[str]:
+    lines = ["| target | measured | required | met |", "|---|---|---|---|"]
+    return lines + [f"| {label} | {value} | {need} | {'yes' if ok else 'NO'} |" for label, value, need, ok in judged]
+
+
+def cache_targets(cache: dict[str, Any]) -> list[tuple[str, float, float]]:
+    return [
+        ("result cache on / off, half of each request's pairs seen before (same rounds)", cache["speedup"], 1.8),
+        ("cached answers equal to the computed ones (share)", cache["check"]["equal_share"], 1.0),
+    ]
+
+
+def render_cache(cache: dict[str, Any]) -> str:
+    on, off, check = cache["on"], cache["off"], cache["check"]
+    low, high = cache["speedup_range"]
+    agreement = check["against_cache_off"]
+    return (
+        f"result cache, /batch-predict of {CACHE_BODY_PAIRS} pairs (half seen before, half new), c=2, pairs/s "
+        f"({SERVICE_ROUNDS} runs each): on {on['pairs_per_second']} ({on['range'][0]}–{on['range'][1]}, "
+        f"p99 {on['p99_ms']} ms), off {off['pairs_per_second']} ({off['range'][0]}–{off['range'][1]}, "
+        f"p99 {off['p99_ms']} ms): × {cache['speedup']} ({low}–{high}); answers asked again equal to the "
+        f"computed ones: {check['equal_share']:.2%} of {check['answers']} ({check['from_the_cache']} from the "
+        f"cache), responses byte-identical {check['identical_responses']}; against the cache-off service: "
+        f"labels {agreement['label_agreement']:.2%}, max prob diff {agreement['max_probability_difference']}"
+    )
 
 
 def render(result: dict[str, Any]) -> str:
@@ -436,9 +582,9 @@ def render(result: dict[str, Any]) -> str:
         f"({result['naive']['pss_mib']['processes']} processes), default server "
         f"{result['default']['pss_mib']['total']} MiB, one process {result['single_pss_mib']} MiB",
     ]
-    lines += [f"long tail (10 % premises of 200–400 words), requests of 64 pairs, pairs/s: {engine['long_tail']}", ""]
-    lines += ["| target | measured | required | met |", "|---|---|---|---|"]
-    lines += [f"| {label} | {value} | {need} | {'yes' if ok else 'NO'} |" for label, value, need, ok in targets(result)]
+    lines += [f"long tail (10 % premises of 200–400 words), requests of 64 pairs, pairs/s: {engine['long_tail']}"]
+    lines += [render_cache(result["cache"]), ""]
+    lines += target_table(targets(result))
     return "\n".join(lines)
 
 
@@ -448,6 +594,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="auto: onnx for int8")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
     parser.add_argument("--seconds", type=float, default=8, help="seconds per measured workload")
+    parser.add_argument("--only", choices=["cache"], help="run this scenario alone (bench-results/cache.json)")
     args = parser.parse_args()
 
     RESULTS.mkdir(exist_ok=True)
@@ -462,6 +609,11 @@ def main() -> None:
         "NLI_LOG_DIR": str(RESULTS / "logs"),
         "NLI_ONNX_CACHE": str(RESULTS / "onnx"),
     }
+    if args.only == "cache":
+        cache = measure_cache(common, args.seconds)
+        (RESULTS / "cache.json").write_text(json.dumps({**result, "cache": cache}, indent=2))
+        print("\n" + "\n".join([render_cache(cache), "", *target_table(judge(cache_targets(cache)))]))
+        return
     default = default_settings(common)
     naive = naive_settings(common)
     result["default_settings"], result["naive_settings"] = default, naive
@@ -470,6 +622,7 @@ def main() -> None:
     )
     gc.collect()  # the engines share the model's file pages: gone before the next servers' PSS
     result["naive"] = measure_service("naive", naive, 4, pairs, args.seconds)
+    result["cache"] = measure_cache(common, args.seconds)
     result["single_pss_mib"] = single_process_pss(common, pairs)
     result["seconds"] = round(time.monotonic() - started, 1)
 

@@ -1,9 +1,9 @@
 """Load generator, run as its own process: ``python -m bench.loadgen URL PATH BODIES.json``.
 
 ``concurrency`` threads each send the request bodies in turn (keep-alive where the
-server allows it) until ``duration`` seconds or ``max_requests`` have passed, then one
-JSON line of results is printed: requests, errors, pairs/s, latency percentiles, and
-each request's latency with the index of its body.
+server allows it) until ``duration`` seconds or ``max_requests`` have passed (with ``--once``:
+or every body was sent, none twice), then one JSON line of results is printed: requests,
+errors, pairs/s, latency percentiles, and each request's latency with the index of its body.
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ class _Client:
         raise AssertionError("unreachable")
 
 
-def run(url: str, path: str, bodies: list[dict], concurrency: int, duration: float, max_requests: int) -> dict:
+def run(
+    url: str, path: str, bodies: list[dict], concurrency: int, duration: float, max_requests: int, once: bool = False
+) -> dict:
     encoded = [json.dumps(body).encode() for body in bodies]
+    if once:  # body i is request i, whichever thread sends it
+        max_requests = min(max_requests, len(bodies))
     pairs_per_body = [len(body.get("pairs", [None])) for body in bodies]
     latencies: list[float] = []
     body_indices: list[int] = []  # which body each latency is for
@@ -69,6 +73,8 @@ def run(url: str, path: str, bodies: list[dict], concurrency: int, duration: flo
             with lock:
                 if sent >= max_requests:
                     return
+                if once:
+                    index = sent
                 sent += 1
             started = time.perf_counter()
             try:
@@ -114,10 +120,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--max-requests", type=int, default=100_000)
+    parser.add_argument("--once", action="store_true", help="send each body at most once, in order")
     args = parser.parse_args()
     with open(args.bodies) as file:
         bodies = json.load(file)
-    print(json.dumps(run(args.url, args.path, bodies, args.concurrency, args.duration, args.max_requests)))
+    result = run(args.url, args.path, bodies, args.concurrency, args.duration, args.max_requests, args.once)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -24,7 +24,7 @@ class Service:
     """A Gunicorn (or ``python app.py``) process group serving on a free loopback port."""
 
     def __init__(self, settings: dict[str, str], dev_server: bool = False) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {key: value for key, value in os.environ.items() if not key.startswith(("NLI_", "PROMETHEUS_"))}
         env.update(NLI_HOST="127.0.0.1", NLI_PORT=str(self.port), NLI_METRICS_PORT="0", NLI_LOG_LEVEL="WARNING")
         env.update(settings)
@@ -37,6 +37,7 @@ class Service:
             command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{env['NLI_METRICS_PORT']}/metrics"  # port 0: none
 
     def wait_ready(self, workers: int, timeout: float = 180) -> None:
         """Until /ready answers and every worker has forked and warmed up."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import time
 
 import pytest
 
@@ -54,6 +56,19 @@ RESULT = {
     "default": _service(50.0, p99_ms=60.0),
     "naive": _service(6.0),
     "single_pss_mib": 500.0,
+    "cache": {
+        "on": _service(95.0)["batch32_c2"],
+        "off": _service(50.0)["batch32_c2"],
+        "speedup": 1.9,
+        "speedup_range": [1.85, 1.95],
+        "check": {
+            "answers": 768,
+            "from_the_cache": 500,
+            "equal_share": 1.0,
+            "identical_responses": "24/24",
+            "against_cache_off": {"label_agreement": 1.0, "max_probability_difference": 0.0},
+        },
+    },
 }
 
 
@@ -71,6 +86,61 @@ def test_each_target_is_judged_in_its_direction() -> None:
     assert met["p99 at c=1 / raw batch-1 p99 latency, same pairs (lower is better)"] is True  # 60 / 50
     assert met["long tail: sorted / unsorted, both batch 8 (the naive set-up's)"] is False  # 19 / 7
     assert met["long tail: sorted / unsorted, both batch 32"] is True  # 18 / 4
+
+
+@pytest.mark.parametrize(("speedup", "equal_share", "met"), [(1.9, 1.0, (True, True)), (1.7, 0.999, (False, False))])
+def test_the_cache_needs_its_speed_up_and_every_cached_answer_equal(speedup, equal_share, met, monkeypatch) -> None:
+    monkeypatch.setitem(RESULT, "cache", copy.deepcopy(RESULT["cache"]))
+    RESULT["cache"]["speedup"], RESULT["cache"]["check"]["equal_share"] = speedup, equal_share
+    judged = _met()
+    assert (
+        judged["result cache on / off, half of each request's pairs seen before (same rounds)"],
+        judged["cached answers equal to the computed ones (share)"],
+    ) == met
+
+
+def test_the_cache_workload_repeats_half_of_each_request_and_sends_new_pairs_once() -> None:
+    from bench.__main__ import CACHE_BODY_PAIRS, cache_bodies
+    from nli_service.inference.types import Pair
+
+    hot = [Pair(f"hot {i}", "h") for i in range(64)]
+    fresh = [Pair(f"new {i}", "h") for i in range(160)]
+    bodies = cache_bodies(hot, fresh)
+    assert len(bodies) == 10 and all(len(body["pairs"]) == CACHE_BODY_PAIRS for body in bodies)
+    premises = [pair["premise"] for body in bodies for pair in body["pairs"]]
+    assert sum(premise.startswith("hot") for premise in premises) == len(premises) // 2
+    assert sorted(p for p in premises if p.startswith("new")) == sorted(pair.premise for pair in fresh)
+
+
+def test_loadgen_once_sends_every_body_once_whichever_thread_is_faster() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bench.loadgen import run
+
+    received: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["n"])
+            if received[-1] % 2:
+                time.sleep(0.01)  # one thread slower than the other
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run(
+            f"http://127.0.0.1:{server.server_port}", "/", [{"n": n} for n in range(40)], 2, 30, 1000, once=True
+        )
+    finally:
+        server.shutdown()
+    assert sorted(received) == list(range(40)) and result["requests"] == 40
 
 
 @pytest.mark.parametrize(("pss", "met"), [(740.0, True), (760.0, False)])
