@@ -42,10 +42,11 @@ class RedisServer:
             try:
                 client.ping()
                 return self
-            except redis.ConnectionError:
+            except redis.ConnectionError as error:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start: {(self.work / 'redis.log').read_text()}")
+                    log = (self.work / "redis.log").read_text()
+                    raise RuntimeError(f"redis-server did not start: {log}") from error
                 time.sleep(0.05)
 
     def stop(self) -> None:

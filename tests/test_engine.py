@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -179,16 +180,18 @@ def test_a_few_long_pairs_get_their_own_pass_instead_of_padding_short_ones() -> 
     assert all(len(chunk) > 1 for chunk in chunks[1:]), "short pairs still share passes"
 
 
-def test_freed_activations_are_given_back_after_large_forward_passes_only(engine: NLIEngine, monkeypatch) -> None:
+def test_freed_activations_are_given_back_after_large_forward_passes_and_now_and_then(
+    engine: NLIEngine, monkeypatch
+) -> None:
     import platform
 
-    from nli_service.inference import engine as engine_module
     from nli_service.inference import memory
 
     if platform.libc_ver()[0] == "glibc":
         assert memory.release_free_memory() is True
     calls = []
-    monkeypatch.setattr(engine_module, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(engine, "heap", memory.HeapTrimmer(interval=0.5))
     engine.predict([Pair(*SAMPLE_PAIRS[0])])
     assert calls == [], "a small request does not pay for a trim"
     long_premise = " ".join(["word"] * 120)
@@ -196,3 +199,8 @@ def test_freed_activations_are_given_back_after_large_forward_passes_only(engine
     monkeypatch.setattr(engine, "max_batch_tokens", 64 * 128)
     engine.predict([Pair(long_premise, "a dog")] * 40)  # 40 pairs x 128 tokens in one forward pass
     assert calls == [1]
+    time.sleep(0.6)
+    engine.predict([Pair(*SAMPLE_PAIRS[0])])
+    assert calls == [1, 1], "small passes too, once the interval has passed"
+    engine.predict([Pair(*SAMPLE_PAIRS[0])])
+    assert calls == [1, 1]

@@ -23,6 +23,11 @@ from nli_service.config import available_cores
 PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
 
 
+def _numbered(i: int) -> dict[str, str]:
+    """PAIR made unique, so each request is computed (not answered from the result cache)."""
+    return {**PAIR, "premise": f"{PAIR['premise']} ({i})"}
+
+
 def long_pairs(count: int, words: int = 500) -> list[dict[str, str]]:
     rng = random.Random(0)
     return [{"premise": " ".join(rng.choice(WORDS) for _ in range(words)), "hypothesis": "a dog"} for _ in range(count)]
@@ -38,10 +43,12 @@ def slow_model_dir(models_root: Path) -> Path:
 def server(slow_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, module_services):
     log_dir = tmp_path_factory.mktemp("gunicorn-logs")
     # Sync workers: their request deadline is SIGALRM, which interrupts even a forward pass (gthread
-    # workers stop between chunks: test_gthread_workers_time_out_cooperatively).
+    # workers stop between chunks: test_gthread_workers_time_out_cooperatively). No result cache:
+    # these tests send the same pairs again and count what the workers compute.
     env = service_env(
-        NLI_MODEL=slow_model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="sync", NLI_LOG_DIR=log_dir, NLI_REQUEST_TIMEOUT=1
-    )
+        NLI_MODEL=slow_model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="sync", NLI_LOG_DIR=log_dir, NLI_REQUEST_TIMEOUT=1,
+        NLI_CACHE_SIZE=0,
+    )  # fmt: skip
     with module_services.running(GUNICORN, env) as service:
         yield service
 
@@ -228,7 +235,7 @@ def test_a_half_precision_checkpoint_is_served_in_float32_by_every_worker(
         assert requests.get(f"{service.url}/model", timeout=10).json()["dtype"] == "float32"
         with ThreadPoolExecutor(8) as pool:
             answers = list(
-                pool.map(lambda _: requests.post(f"{service.url}/predict", json=PAIR, timeout=20), range(32))
+                pool.map(lambda i: requests.post(f"{service.url}/predict", json=_numbered(i), timeout=20), range(32))
             )
         assert all(answer.status_code == 200 for answer in answers)
         records = log_records(service)
@@ -326,8 +333,9 @@ def test_gthread_workers_share_keep_alive_connections_evenly(model_dir: Path, tm
 @pytest.mark.skipif(available_cores() < 2, reason="lending cores needs two")
 def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path: Path, services) -> None:
     env = service_env(
-        NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path
-    )
+        NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_WORKER_CLASS="gthread", NLI_THREADS=4, NLI_LOG_DIR=tmp_path,
+        NLI_CACHE_SIZE=0,  # the same pair three times: computed three times
+    )  # fmt: skip
     with services.running(GUNICORN, env) as service, requests.Session() as client:
         for _ in range(3):
             assert client.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200

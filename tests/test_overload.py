@@ -163,7 +163,8 @@ def test_over_real_gunicorn_a_client_that_hangs_up_while_queued_is_not_computed(
         )
         busy.start()
         wait_for(lambda: metric_sum(scrape(service.metrics_url), "nli_batch_pairs_count") > 0, what="busy")
-        body = json.dumps({"pairs": [PAIR] * 3}).encode()
+        three = [{"premise": premise, "hypothesis": hypothesis} for premise, hypothesis in SAMPLE_PAIRS[:3]]
+        body = json.dumps({"pairs": three}).encode()  # three different pairs: the cache computes a pair once
         head = (
             f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
         )
@@ -187,8 +188,9 @@ def test_a_sync_worker_refuses_at_once_what_its_queue_would_make_miss_the_deadli
     backlog would make the last ones wait past it, so they get 503 + Retry-After when picked up,
     rather than 408 after computing or waiting."""
     env = service_env(
-        NLI_MODEL=slow_model_dir, NLI_WORKERS=1, NLI_WORKER_CLASS="sync", NLI_REQUEST_TIMEOUT=2, NLI_LOG_DIR=tmp_path
-    )
+        NLI_MODEL=slow_model_dir, NLI_WORKERS=1, NLI_WORKER_CLASS="sync", NLI_REQUEST_TIMEOUT=2, NLI_LOG_DIR=tmp_path,
+        NLI_CACHE_SIZE=0,  # every request the same body, computed each time
+    )  # fmt: skip
     with services.running(GUNICORN, env) as service:
         body = {"pairs": long_pairs(16, words=400)}
         took = []

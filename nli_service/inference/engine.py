@@ -32,7 +32,7 @@ from nli_service.inference.loader import (
     resolve_dtype,
     resolve_model,
 )
-from nli_service.inference.memory import LARGE_FORWARD_TOKENS, release_free_memory
+from nli_service.inference.memory import HeapTrimmer
 from nli_service.inference.types import Pair, Prediction
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class NLIEngine:
         self.tokenizer = tokenizer
         self.model = model
         self.backend = backend or TorchBackend(model)
+        self.heap = HeapTrimmer()
         self.source = source
         self.labels = LabelMap.from_id2label(model.config.id2label)
         limit = model_length_limit(tokenizer, model.config)
@@ -235,8 +236,7 @@ class NLIEngine:
                 output[chunk] = self.forward(encoded, chunk)
         finally:
             largest = max((len(chunk) * max(encoded.lengths[i] for i in chunk) for chunk in chunks), default=0)
-            if largest >= LARGE_FORWARD_TOKENS:
-                release_free_memory()
+            self.heap.after_pass(largest)
         return output
 
     def to_predictions(self, logits: torch.Tensor) -> list[Prediction]:

@@ -4,7 +4,9 @@ A forward pass over long pairs allocates hundreds of MB of activations. glibc ke
 freed blocks in the process heap, so a worker that once served a long request stays
 that large: with several workers, the long tail of inputs sets the memory of every
 one. ``malloc_trim`` returns the free pages (a few ms); it is called only after
-large forward passes.
+large forward passes, and otherwise at most every ``TRIM_INTERVAL_SECONDS``: small passes of
+ever new shapes leave free pages scattered through the heap, which RSS keeps counting (a soak
+saw a worker's RSS rise in steps of a few MiB for 20 minutes without it).
 
 glibc also gives threads their own malloc arenas, up to 8 per core: a worker's 16 request
 threads each tokenising and decoding grow as many heaps, each fragmenting on its own, and the
@@ -18,9 +20,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import time
 
 LARGE_FORWARD_TOKENS = 4096
 """Padded tokens in one forward pass from which its activations are worth giving back."""
+TRIM_INTERVAL_SECONDS = 30.0
 
 
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
@@ -51,3 +55,19 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+class HeapTrimmer:
+    """When an engine gives free heap pages back: after a large forward pass, else every ``interval`` s."""
+
+    def __init__(self, interval: float = TRIM_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def after_pass(self, padded_tokens: int) -> bool:
+        """A forward pass of ``padded_tokens`` (its largest chunk) ended; whether the heap was trimmed."""
+        now = time.monotonic()
+        if padded_tokens < LARGE_FORWARD_TOKENS and now - self._last < self.interval:
+            return False
+        self._last = now
+        return release_free_memory()

@@ -8,8 +8,9 @@ stopped a 4-worker server. Here, as nginx does it:
   blocking, into a :class:`RequestBuffer`, and hand it to a thread only once it has arrived
   whole (headers, and a body of known length up to ``NLI_MAX_BODY_BYTES``). Stalled
   connections cost a buffer each, never a thread.
-- sync workers (``sync_worker``) read through a :class:`ReadDeadlineSocket`: every read of the
-  request, body included (read before the app runs), must finish by the same deadline.
+- sync workers (``sync_worker``) do the same in their own select loop, and serve a request only
+  once it is whole; what a handler still reads (a chunked body) goes through a
+  :class:`ReadDeadlineSocket` bound to the same deadline.
 
 Either way a request not whole by its deadline is answered 408 and its connection closed.
 """
@@ -111,14 +112,22 @@ class RequestBuffer:
 
 
 class ReadDeadlineSocket:
-    """A client socket whose reads must all finish by one deadline; everything else passes through."""
+    """A client socket whose reads must all finish by one deadline; everything else passes through.
 
-    def __init__(self, sock: socket.socket, seconds: float) -> None:
+    ``arrived``: bytes of the request already read (by an event loop), handed out first."""
+
+    def __init__(
+        self, sock: socket.socket, seconds: float, arrived: bytes = b"", deadline: float | None = None
+    ) -> None:
         self._sock = sock
         self.seconds = seconds
-        self._deadline: float | None = time.monotonic() + seconds
+        self._deadline: float | None = time.monotonic() + seconds if deadline is None else deadline
+        self._arrived = arrived
 
     def recv(self, size: int, *flags: int) -> bytes:
+        if self._arrived:
+            chunk, self._arrived = self._arrived[:size], self._arrived[size:]
+            return chunk
         if self._deadline is None:
             return self._sock.recv(size, *flags)
         remaining = self._deadline - time.monotonic()
