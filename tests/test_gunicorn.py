@@ -340,3 +340,21 @@ def test_a_lone_request_borrows_the_idle_workers_core(model_dir: Path, tmp_path:
         for _ in range(3):
             assert client.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200
         assert metric_sum(scrape(service.metrics_url), "nli_borrowed_cores_passes_total") == 3
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
+def test_after_a_413_for_a_body_too_big_a_keep_alive_client_carries_on(
+    model_dir: Path, tmp_path: Path, services, worker_class: str
+) -> None:
+    """The unread body is more than Gunicorn drains (64 KiB): the 413 says Connection: close, so
+    the client opens a new connection for its next request instead of meeting a closed one."""
+    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=1, NLI_WORKER_CLASS=worker_class, NLI_LOG_DIR=tmp_path)
+    too_big = json.dumps({"pairs": [PAIR] * 16000}).encode()
+    assert len(too_big) > 1024 * 1024, "over the 1 MiB default NLI_MAX_BODY_BYTES"
+    with services.running(GUNICORN, env) as service, requests.Session() as client:
+        for _ in range(8):
+            refused = client.post(
+                f"{service.url}/batch-predict", data=too_big, headers={"Content-Type": "application/json"}, timeout=30
+            )
+            assert refused.status_code == 413 and refused.headers["Connection"] == "close"
+            assert client.post(f"{service.url}/predict", json=PAIR, timeout=30).status_code == 200

@@ -30,4 +30,5 @@ logger_class = hooks.JsonLogger  # and Gunicorn's own messages are JSON too
 when_ready = hooks.when_ready
 pre_fork = hooks.pre_fork
 post_worker_init = hooks.post_worker_init
+pre_request = hooks.pre_request
 child_exit = hooks.child_exit

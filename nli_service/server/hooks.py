@@ -8,6 +8,7 @@ and the master must never run inference before it forks its workers.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -181,6 +182,21 @@ def post_worker_init(worker: Any) -> None:
         _worker_failed_to_start(worker, error)
     worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains
     TABLE.worker_started()
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """A body declared over ``NLI_MAX_BODY_BYTES`` is answered 413 without being read: close the
+    connection after that answer. Gunicorn drains at most 64 KiB of an unread body and then closes
+    the socket anyway, after telling the client ``keep-alive``; a client that sends its next request
+    on it meets a closed socket. ``Connection: close`` makes it open a new one instead."""
+    length = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), "")
+    if length.isdigit() and int(length) > _max_body_bytes():
+        req.must_close = True
+
+
+@functools.cache
+def _max_body_bytes() -> int:
+    return Settings.from_env().max_body_bytes
 
 
 WORKER_RETRY_SECONDS = 2.0
