@@ -88,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         print(note, flush=True)
     work = Path(tempfile.mkdtemp(prefix="nli-soak-"))
     samples_file = work / "windows.jsonl"
-    env = service_env(NLI_MODEL=args.model, NLI_LOG_DIR=work / "logs", NLI_MAX_REQUESTS=args.max_requests)
+    env = service_env(
+        NLI_MODEL=args.model,
+        NLI_LOG_DIR=work / "logs",
+        NLI_MAX_REQUESTS=args.max_requests,
+        NLI_CACHE_SIZE=args.cache_size,
+    )
     service = Service(env)
     failures: list[str] = []
     try:
@@ -252,10 +257,11 @@ def soak_section(result: dict, args: argparse.Namespace) -> str:
         f"`make soak` (`python -m reliability.soak`, here `--minutes {args.minutes:g}`): a real Gunicorn service in "
         "the default layout (no layout setting: gthread, one worker per core, 16 threads, batch 16) serving "
         f"{args.model_name}, workers not recycled (`NLI_MAX_REQUESTS={args.max_requests}`, so a leak cannot hide "
-        f"behind recycling), under {result['load']}: 60 % `/predict`, 20 % `/batch-predict` (8-32 SNLI pairs), "
-        "20 % `/zero-shot` (1-2 texts x 3-6 labels) by weight, and 1 in 11 requests invalid (malformed JSON, a "
-        "missing field, a wrong type, a forbidden template: 400; 257 pairs, a body over 1 MiB: 413). Sampled "
-        "every 10 s.",
+        f"behind recycling) and the result cache off (`NLI_CACHE_SIZE={args.cache_size}`: the pairs repeat, and "
+        f"every request must reach the model), under {result['load']}: 60 % `/predict`, 20 % `/batch-predict` "
+        "(8-32 SNLI pairs), 20 % `/zero-shot` (1-2 texts x 3-6 labels) by weight, and 1 in 11 requests invalid "
+        "(malformed JSON, a missing field, a wrong type, a forbidden template: 400; 257 pairs, a body over 1 MiB: "
+        "413). Sampled every 10 s.",
         "",
         "Rules: no 5xx and no request without an answer, every status the expected one; each worker's RSS at "
         "the end (median of the last 3 samples) < 5 % above its baseline (median of its samples in the third "
@@ -286,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=32, help="locust users, each sending without pause")
     parser.add_argument("--model", default=str(BUNDLED_MODEL), help="NLI_MODEL (default: the bundled model)")
     parser.add_argument("--max-requests", type=int, default=0, help="NLI_MAX_REQUESTS (0: no recycling)")
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=0,
+        help="NLI_CACHE_SIZE (default 0: the soak's pairs repeat, and every request must reach the model)",
+    )
     parser.add_argument("--wait-for-bench", type=float, default=45.0,
                         help=f"minutes to wait for {BENCH_DONE} before a run over 2 min (0: do not wait)")  # fmt: skip
     parser.add_argument("--no-write", dest="write", action="store_false", help="write neither docs nor the plot")
