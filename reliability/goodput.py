@@ -174,9 +174,9 @@ def section(result: dict) -> str:
         "256 SNLI pairs to `/batch-predict` with `timeout=5` and `X-Request-Timeout: 5` (a 429 waits its "
         "`Retry-After`; after a timeout the next request goes at once), against the default layout serving "
         "the bundled model with the result cache off (`NLI_CACHE_SIZE=0`: the bodies overlap, and every "
-        "pair received must have been computed). Computed = growth of `nli_batch_pairs_sum` (every pair of every forward pass) over "
-        "the run, until the service is idle again; received = 256 per 200 that reached its client "
-        "within 5 s.",
+        "pair received must have been computed). Computed = growth of `nli_batch_pairs_sum` (every pair "
+        "of every forward pass) over the run, until the service is idle again; received = 256 per 200 "
+        "that reached its client within 5 s.",
         "",
         f"Result: goal {verdict}.",
         "",
