@@ -30,7 +30,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from nli_service.config import Settings
 from nli_service.server.listener import queued_connection, refuse_new_connections, server_stopping
-from nli_service.server.slow_clients import RequestBuffer, answer_too_slow
+from nli_service.server.slow_clients import RequestBuffer, answer_too_slow, receive
 from nli_service.server.worker_table import NOT_ACCEPTING, TABLE
 
 MAX_DEFER = 0.01  # seconds a busier worker leaves a new connection to a less busy one
@@ -38,7 +38,6 @@ _POLL = 0.0005
 COMPATIBLE_GUNICORN = ((27, 0), (27, 1))  # [from, to) major.minor, as pinned in requirements.txt
 _OVERRIDDEN_METHODS = ("accept", "set_accept_enabled", "enqueue_req", "handle", "murder_pending")
 _OVERRIDDEN_ATTRIBUTES = ("self.nr_conns", "self._accepting", "self.poller", "conn.data_ready", "conn.init()")
-_READ_CHUNK = 64 * 1024
 MAX_BACKLOG_ON_STOP = 2048  # connections a stopping worker takes from the backlog, at most
 
 
@@ -127,12 +126,9 @@ class BalancedThreadWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_request_bytes, conn))
 
     def _on_request_bytes(self, conn: Any, sock: Any) -> None:
-        try:
-            chunk = conn.sock.recv(_READ_CHUNK)
-        except BlockingIOError:
+        chunk = receive(conn.sock)
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         if not chunk:  # the client closed the connection
             self._stop_reading(conn)
             self.nr_conns -= 1

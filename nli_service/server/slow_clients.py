@@ -71,6 +71,19 @@ def answer_overloaded(sock: Any, late_by: float) -> None:
     _send_now(sock, error_response(503, "Service Unavailable", message, f"Retry-After: {retry_after}\r\n"))
 
 
+READ_CHUNK = 64 * 1024
+
+
+def receive(sock: Any) -> bytes | None:
+    """What a non-blocking client socket has for us: None if nothing yet, ``b""`` once it has closed."""
+    try:
+        return sock.recv(READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class RequestBuffer:
     """The bytes of one request as they arrive, until it is whole (or known to need no more)."""
 

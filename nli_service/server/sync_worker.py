@@ -47,12 +47,12 @@ from nli_service.server.slow_clients import (
     answer_overloaded,
     answer_too_slow,
     read_body_now,
+    receive,
 )
 
 BACKLOG_SECONDS = 5.0
 SECONDS_PER_REQUEST_WEIGHT = 0.2  # of the newest request in the running mean
 MAX_READING = 512  # connections one worker reads at once
-_READ_CHUNK = 64 * 1024
 _LISTENER = object()  # selector data of the listening sockets
 
 
@@ -139,12 +139,9 @@ class BoundedSyncWorker(SyncWorker):
         self._selector.register(client, selectors.EVENT_READ, arriving)
 
     def _read(self, arriving: _Arriving) -> None:
-        try:
-            chunk = arriving.client.recv(_READ_CHUNK)
-        except BlockingIOError:
+        chunk = receive(arriving.client)
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         if not chunk:  # the client closed the connection
             self._stop_reading(arriving)
             arriving.client.close()
