@@ -27,9 +27,10 @@ dev: $(STAMP) ## development server: python app.py
 test: $(STAMP) test-services ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-test-services: ## the real components the tests drive (Debian's nginx and redis-server), installed when missing
+test-services: ## the real components the tests drive (Debian's nginx, redis-server, chromium + chromium-driver), installed when missing
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || ./scripts/install-debian-packages nginx
 	@command -v redis-server >/dev/null 2>&1 || ./scripts/install-debian-packages redis-server
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || ./scripts/install-debian-packages chromium chromium-driver
 
 test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (under a minute)
 	$(BIN)/python -m pytest -q -m "not server and not slow"

@@ -4,7 +4,8 @@ A request goes: ``auth`` (its API key, when keys are on) and ``rate_limit`` (its
 request budget) -> a blueprint (``predict``, ``zero_shot``, ``health``) -> ``payloads`` (decode
 and validate the body; then the pair budget) -> ``service`` (this process's
 ``serving.NLIService``) -> back out through ``payloads``; ``errors`` turns every failure into
-JSON. Nothing here imports torch.
+JSON. The pages are blueprints too: ``demo`` (``/``) and ``docs`` (``/docs``, Swagger UI). Nothing here
+imports torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from nli_service import logs
 from nli_service.api import (
     auth,
+    demo,
+    docs,
     errors,
     health,
     openapi,
@@ -59,6 +62,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(zero_shot.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
+    app.register_blueprint(demo.bp)
     if settings.proxies:  # client addresses (rate limits, logs) through the proxies' X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxies)  # type: ignore[method-assign]
     return app

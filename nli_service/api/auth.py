@@ -7,7 +7,8 @@ compared with every known key in constant time; the request then carries the key
 the key. The file is re-read when it changes, so keys are added and revoked without a restart;
 a file that turns unreadable keeps the last keys it had, with one warning per change.
 
-``/health``, ``/ready`` and ``/openapi.json`` stay open, as does the metrics port.
+``/health``, ``/ready``, ``/openapi.json``, the pages ``/`` and ``/docs`` and their static files stay open,
+as does the metrics port.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from nli_service.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-OPEN_ENDPOINTS = frozenset({"health.health", "health.ready", "openapi.openapi", "static"})
+# The pages (/ and /docs) and their assets are open too: they hold no data, and ask for a key themselves.
+OPEN_ENDPOINTS = frozenset(
+    {"health.health", "health.ready", "openapi.openapi", "static", "demo.index", "docs.docs", "docs.static"}
+)
 _CHALLENGE = 'Bearer realm="nli-service"'
 _EXTENSION_KEY = "nli_api_keys"
 
