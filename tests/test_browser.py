@@ -230,7 +230,7 @@ def test_the_fallback_model_is_marked(browser, tiny_server) -> None:
     assert "x/y could not be loaded" in browser.find_element(By.ID, "model-info").text
 
 
-def test_the_page_fits_a_phone_sized_screen(browser, tiny_server, screenshots) -> None:
+def test_the_page_fits_a_phone_sized_screen(browser, tiny_server) -> None:
     open_demo(browser, tiny_server.url)
     try:
         browser.set_window_size(390, 844)
@@ -239,7 +239,6 @@ def test_the_page_fits_a_phone_sized_screen(browser, tiny_server, screenshots) -
         wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#batch-result tr[data-row]"))
         overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
-        browser.save_screenshot(str(screenshots / "demo-phone.png"))
     finally:
         browser.set_window_size(*WINDOW)
 
