@@ -333,7 +333,8 @@ HEADER = ("scenario", "load / attack", "outcomes", "figures")
 
 def run(args: argparse.Namespace) -> int:
     work = tempfile.mkdtemp(prefix="nli-chaos-")
-    env = service_env(NLI_MODEL=args.model, NLI_WORKERS=4, NLI_LOG_DIR=os.path.join(work, "logs"))
+    # The result cache off: the clients repeat their pairs, and capacity means the model's.
+    env = service_env(NLI_MODEL=args.model, NLI_WORKERS=4, NLI_LOG_DIR=os.path.join(work, "logs"), NLI_CACHE_SIZE=0)
     env["NLI_CLIENT_TIMEOUT"] = str(args.client_timeout)
     results = []
     service = Service(env)
@@ -378,9 +379,9 @@ def chaos_section(rows: list[tuple], failures: list[str], args: argparse.Namespa
     model = "the bundled model" if str(args.model) == str(BUNDLED_MODEL) else f"`{args.model}`"
     return "\n".join([
         f"`make chaos` (`python -m reliability.chaos`): a real Gunicorn service with 4 workers (gthread, "
-        f"16 threads each) serving {model}, {args.clients} client threads sending `/predict` on fresh "
-        "connections throughout, and in turn: a flood of stalled clients with the zero-shot template "
-        "attacks; `kill -9` of one worker (stopped with SIGSTOP first, so its open connections, the "
+        f"16 threads each, result cache off) serving {model}, {args.clients} client threads sending "
+        "`/predict` on fresh connections throughout, and in turn: a flood of stalled clients with the "
+        "zero-shot template attacks; `kill -9` of one worker (stopped with SIGSTOP first, so its open connections, the "
         "requests in flight on it, can be counted); SIGTERM to the master (default 5 s drain). Rules: "
         "each attack gets its 4xx (template: 400 in < 1 s; stalled: 408 at NLI_CLIENT_TIMEOUT), "
         "`/health` < 1 s throughout, legitimate clients only 200, no worker dies; after the kill no more "

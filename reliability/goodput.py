@@ -41,8 +41,9 @@ Three parts (issue 14 §3), each in `nli_service/`:
    (20 s) as the request's deadline, counted from its arrival (`api/arrival.py`).
 2. **Admission by time** (`serving/batcher.py`, `serving/pace.py`). Each gthread worker keeps its
    pace, seconds per pair over its recent passes. A request that the pairs queued ahead of it and
-   its own would carry past its deadline (with 25 % headroom for decoding and sending) is refused
-   at once: 429, `Retry-After` the time the queue needs to drain. The pairs-based bound
+   its own would carry past its deadline (their expected time half as long again: decoding,
+   sending and other work on the machine are left out of the pace) is refused at once: 429,
+   `Retry-After` the time the queue needs to drain. The pairs-based bound
    (`NLI_MAX_QUEUED_PAIRS`) stays, as a memory cap.
 3. **No start without a finish.** When its turn comes, a request whose time left is shorter than
    its own compute time is answered 408 uncomputed (`nli_requests_dropped_total{reason="too_late"}`).

@@ -42,10 +42,10 @@ from nli_service.serving.shared_cores import SharedCores
 
 log = logging.getLogger(__name__)
 
-# Admit a request only if its expected finish leaves this share of its time unused: the
-# estimate leaves out decoding, tokenising and sending, and a sibling worker's pass may slow
-# this one.
-_HEADROOM = 1.25
+# Admit a request only if its expected time, half as long again, fits in its time left: the
+# estimate leaves out decoding, tokenising and sending, and other work on the machine (a
+# sibling worker's pass, the 429s' decoding) may slow this pass.
+_HEADROOM = 1.5
 
 
 @dataclass
