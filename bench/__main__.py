@@ -20,9 +20,9 @@
    (Every other service here runs with the cache off: their workloads cycle through the same
    bodies, which after one pass would all be answered from the cache.)
 
-Writes bench-results/latest.json and docs/benchmarks.md; ``--only cache`` runs the cache's
-scenario alone and writes bench-results/cache.json (docs/benchmarks.md only from full runs,
-whose ratios all come from one run).
+Writes bench-results/latest.json, docs/benchmarks.md and its charts (docs/images/bench-*.png,
+bench/charts.py); ``--only cache`` runs the cache's scenario alone and writes
+bench-results/cache.json (docs/benchmarks.md only from full runs, whose ratios all come from one run).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bench.charts import markdown, write_charts
 from bench.loadgen import percentile
 from bench.models import generated_model
 from bench.server import PROJECT_ROOT, Service, free_port, pss_mib
@@ -632,10 +633,11 @@ def main() -> None:
     docs = PROJECT_ROOT / "docs" / "benchmarks.md"
     docs.parent.mkdir(exist_ok=True)
     command = "make bench" + (f" ARGS='--model {args.model}'" if args.model else "")
+    charts = markdown(write_charts(result), docs)  # docs/images/bench-*.png
     docs.write_text(
         f"# Benchmarks\n\nProduced by `{command}` on {time.strftime('%Y-%m-%d')} "
         f"({CORES} cores, {result['seconds']} s). Every ratio compares figures from this one run.\n\n"
-        f"{table}\n"
+        f"{table}\n\n{charts}\n"
     )
 
 

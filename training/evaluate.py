@@ -8,7 +8,10 @@ distance, accuracy against the majority); pairs/s. ``--url`` sends the same pair
 running service's ``/batch-predict`` instead: the accuracy must be identical.
 ``--through-service`` also starts the production service (Gunicorn, 2 workers) on the
 same model and sends it every SNLI test pair: its labels and accuracy must equal the
-engine's. ``--write-card`` writes the table into the model card and the project README.
+engine's. Each set also gets a PNG of its confusion matrix and reliability diagram
+(training/charts.py), in ``--charts`` (default training/runs/eval-charts). ``--write-card``
+writes the table into the model card and the project README, and the charts into docs/images/,
+embedded in the model card.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from training import charts as charts_module
 from training import nli_data
 from training.nli_data import NLI_LABELS, Example, VotedExample
 
@@ -81,8 +86,12 @@ def _label(scores: dict[str, float], two_way: bool) -> str:
     return top if not two_way or top == "entailment" else "not_entailment"
 
 
+def _is_two_way(examples: list[Example]) -> bool:
+    return any(e.label == "not_entailment" for e in examples)
+
+
 def classification_metrics(examples: list[Example], scores: Scores) -> dict[str, float]:
-    two_way = any(e.label == "not_entailment" for e in examples)
+    two_way = _is_two_way(examples)
     predicted = [_label(s, two_way) for s in scores]
     gold = [e.label for e in examples]
     labels = sorted(set(gold))
@@ -96,16 +105,40 @@ def classification_metrics(examples: list[Example], scores: Scores) -> dict[str,
     return {"pairs": len(gold), "accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}
 
 
-def expected_calibration_error(examples: list[Example], scores: Scores, bins: int = 15) -> float:
+def confusion_matrix(examples: list[Example], scores: Scores) -> dict[str, list]:
+    """Counts of (gold label, predicted label): ``counts[i][j]`` pairs of ``labels[i]`` predicted ``labels[j]``."""
+    two_way = _is_two_way(examples)
+    labels = ["entailment", "not_entailment"] if two_way else list(NLI_LABELS)
+    counts = [[0] * len(labels) for _ in labels]
+    for example, score in zip(examples, scores, strict=True):
+        counts[labels.index(example.label)][labels.index(_label(score, two_way))] += 1
+    return {"labels": labels, "counts": counts}
+
+
+def reliability(examples: list[Example], scores: Scores, bins: int = 15) -> list[dict[str, float]]:
+    """Per confidence bin (the predicted label's probability): its pairs, mean confidence and accuracy.
+    Two-way sets count entailment against the rest (confidence: p(entailment) or 1 - p(entailment))."""
+    two_way = _is_two_way(examples)
     buckets: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
     for example, score in zip(examples, scores, strict=True):
-        label = max(score, key=score.__getitem__)
-        confidence = score[label]
+        label = _label(score, two_way)
+        confidence = score[label] if label in score else 1.0 - score["entailment"]
         buckets[min(int(confidence * bins), bins - 1)].append((confidence, label == example.label))
+    return [
+        {
+            "low": number / bins,
+            "high": (number + 1) / bins,
+            "pairs": len(bucket),
+            "confidence": sum(c for c, _ in bucket) / len(bucket) if bucket else 0.0,
+            "accuracy": sum(ok for _, ok in bucket) / len(bucket) if bucket else 0.0,
+        }
+        for number, bucket in enumerate(buckets)
+    ]
+
+
+def expected_calibration_error(examples: list[Example], scores: Scores, bins: int = 15) -> float:
     total = len(examples)
-    return sum(
-        len(b) / total * abs(sum(c for c, _ in b) / len(b) - sum(ok for _, ok in b) / len(b)) for b in buckets if b
-    )
+    return sum(b["pairs"] / total * abs(b["confidence"] - b["accuracy"]) for b in reliability(examples, scores, bins))
 
 
 def human_agreement(examples: list[VotedExample], scores: Scores) -> dict[str, float]:
@@ -183,7 +216,7 @@ def evaluate(
     """Metrics of every set in ``names`` and of ChaosNLI; with ``through_service`` (a model),
     also the SNLI test pairs through the running service; with ``backends_of`` (model, batch
     size), also SNLI test through the other backends."""
-    results: dict = {"sets": {}}
+    results: dict = {"sets": {}, "charts": {}}
     pairs_done, started = 0, time.perf_counter()
     for name in names:
         examples = SETS[name]()
@@ -191,6 +224,10 @@ def evaluate(
         scores = score([(e.premise, e.hypothesis) for e in examples])
         pairs_done += len(examples)
         results["sets"][name] = classification_metrics(examples, scores)
+        results["charts"][name] = {
+            "confusion": confusion_matrix(examples, scores),
+            "reliability": reliability(examples, scores),
+        }
         if name == "snli_test":
             results["sets"][name]["ece"] = expected_calibration_error(examples, scores)
             results["sets"][name]["pairs_per_second"] = len(examples) / (time.perf_counter() - set_started)
@@ -278,6 +315,9 @@ def main() -> None:
     parser.add_argument("--compare-backends", action="store_true", help="also score SNLI test with ONNX fp32 / int8")
     parser.add_argument("--write-card", action="store_true", help="put the table in the model card and README")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--charts", type=Path, help="folder of the PNGs (default: docs/images with --write-card, else training/runs)"
+    )
     args = parser.parse_args()
 
     names = [name for name in args.sets.split(",") if name]
@@ -299,11 +339,18 @@ def main() -> None:
     print("\n" + table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    default_charts = PROJECT_ROOT / ("docs/images" if args.write_card else "training/runs/eval-charts")
+    charts = charts_module.write_charts(results["charts"], args.charts or default_charts)
+    print("charts:", *charts.values(), sep="\n  ")
     if args.write_card:
         from nli_service.inference.loader import bundled_model_dir
 
-        for path in (bundled_model_dir() / "README.md", PROJECT_ROOT / "README.md"):
-            write_between_markers(path, table)
+        card = bundled_model_dir() / "README.md"
+        images = "\n\n".join(
+            f"![{name}: {charts_module.TITLE}]({os.path.relpath(path, card.parent)})" for name, path in charts.items()
+        )
+        write_between_markers(card, f"{table}\n\n{images}")
+        write_between_markers(PROJECT_ROOT / "README.md", table)
 
 
 if __name__ == "__main__":
