@@ -21,7 +21,9 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
@@ -219,6 +221,30 @@ def test_the_batch_box_takes_csv_and_jsonl_up_to_max_pairs_and_offers_the_result
     submit(browser, "batch-form")
     wait(browser, lambda _: error.text.startswith("line 3:"))
     assert error.text == "line 3: premise must not be empty or only whitespace"
+
+
+def test_the_pair_form_works_from_the_keyboard(browser, tiny_server) -> None:
+    open_demo(browser, tiny_server.url)
+    for _ in range(10):  # Tab from the top of the page: the API docs link, then the premise
+        if browser.switch_to.active_element.get_attribute("id") == "premise":
+            break
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+    premise = browser.switch_to.active_element
+    assert premise.get_attribute("id") == "premise"
+    premise.send_keys(Keys.CONTROL, "a")
+    premise.send_keys("A child is laughing.", Keys.TAB)
+    hypothesis = browser.switch_to.active_element
+    assert hypothesis.get_attribute("id") == "hypothesis"
+    hypothesis.send_keys(Keys.CONTROL, "a")
+    hypothesis.send_keys("Someone is happy.", Keys.CONTROL, Keys.ENTER)  # Ctrl+Enter submits
+    result = browser.find_element(By.ID, "pair-result")
+    wait(browser, lambda _: len(result.find_elements(By.CLASS_NAME, "bar-row")) == 3)
+    api = requests.post(
+        f"{tiny_server.url}/predict",
+        json={"premise": "A child is laughing.", "hypothesis": "Someone is happy."},
+        timeout=10,
+    )
+    assert_bars_match(bars(browser, result), api.json()["scores"])
 
 
 def test_the_fallback_model_is_marked(browser, tiny_server) -> None:
