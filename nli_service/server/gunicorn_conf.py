@@ -23,6 +23,9 @@ graceful_timeout = hooks.graceful_timeout(settings)
 max_requests = settings.max_requests  # a recycled worker is re-forked from the preloaded master
 max_requests_jitter = settings.max_requests // 10  # so workers do not all restart at once
 worker_tmp_dir = "/dev/shm"
+# Longer than the Retry-After of a 429 (1-3 s): a client that waited it out reuses its connection,
+# instead of sending on one the server closed meanwhile (Gunicorn's default is 2 s).
+keepalive = 5
 control_socket_disable = True  # a fixed control-socket path makes two servers collide
 accesslog = None  # the app writes its own JSON access records
 logger_class = hooks.JsonLogger  # and Gunicorn's own messages are JSON too
