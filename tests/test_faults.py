@@ -3,11 +3,13 @@ master keeps serving with the others, and stops only when no worker has ever sta
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,14 @@ class Load:
         self.finish()  # also when the test failed
 
 
+def _workers_serving(service, log_dir: Path) -> set[int]:
+    """The workers that answered a burst of concurrent /health requests, by the access log."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: requests.get(f"{service.url}/health", timeout=10), range(16)))
+    records = [json.loads(line) for line in (log_dir / "nli_service.log").read_text().splitlines()]
+    return {record["worker_pid"] for record in records if record.get("path") == "/health"}
+
+
 def _failing_start_service(services, model_dir: Path, tmp_path: Path, broken: bool):
     config = tmp_path / "failing_start_conf.py"
     config.write_text(FAILING_START_CONF)
@@ -87,6 +97,9 @@ def test_a_worker_that_cannot_start_is_replaced_later_and_the_others_serve(
     service.wait_ready()
     master = service.process.pid
     wait_for(lambda: len(worker_pids(master)) == 2, what="two workers")
+    # Both started (warmed up and serving), not just forked: a worker still warming up when the
+    # marker appears would fail too, and killing the other would leave none.
+    wait_for(lambda: _workers_serving(service, tmp_path) == worker_pids(master), what="both workers serving")
     with Load(service.url) as load:
         marker.touch()  # from now on a new worker fails its warm-up
         doomed = min(worker_pids(master))
