@@ -88,7 +88,8 @@ class RequestBuffer:
     """The bytes of one request as they arrive, until it is whole (or known to need no more)."""
 
     def __init__(self, seconds: float, max_body_bytes: int) -> None:
-        self.deadline = time.monotonic() + seconds
+        self.started = time.monotonic()  # its first bytes arrived (accepted, for a sync worker)
+        self.deadline = self.started + seconds
         self.arrived = time.time()
         self.max_body_bytes = max_body_bytes
         self.data = bytearray()

@@ -157,7 +157,7 @@ class BoundedSyncWorker(SyncWorker):
         arriving.client.setblocking(True)
         buffer = arriving.buffer
         client = ReadDeadlineSocket(arriving.client, self.client_timeout, buffer.stamped(), buffer.deadline)
-        self._arrived_at = buffer.deadline - self.client_timeout
+        self._arrived_at = buffer.started
         try:
             self.handle(arriving.listener, client, arriving.addr)
         finally:
