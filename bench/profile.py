@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.__main__ import RESULTS, _drive, default_settings
+from bench.__main__ import DEFAULT_WORKERS, RESULTS, _drive, default_settings
 from bench.models import generated_model
 from bench.server import Service
 from bench.workloads import as_json, snli_pairs
@@ -57,7 +57,7 @@ def main() -> None:
     service = Service(settings)
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
     try:
-        service.wait_ready(int(settings["NLI_WORKERS"]))
+        service.wait_ready(DEFAULT_WORKERS)
         worker = service.pids()[1]
         py_spy = str(Path(sys.executable).with_name("py-spy"))
         command = [py_spy, "record", "--pid", str(worker), "--duration", str(int(args.seconds))]
