@@ -50,7 +50,7 @@ bench: $(STAMP) ## throughput / latency / memory of the real service; writes doc
 profile: $(STAMP) ## where a worker's time goes at 16 concurrent clients, default layout (py-spy)
 	$(BIN)/python -m bench.profile $(ARGS)
 
-train: $(STAMP) ## fine-tune the bundled model (CPU, ~40 min); writes models/nli-minilm-l6
+train: $(STAMP) ## fine-tune the bundled model (CPU, ~40 min); writes nli_service/models/nli-minilm-l6
 	$(BIN)/python -m training.train_nli $(ARGS)
 
 eval: $(STAMP) ## accuracy of a model on the evaluation sets; ARGS='--url http://...' goes through a service

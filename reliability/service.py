@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL = PROJECT_ROOT / "models" / "nli-minilm-l6"
+BUNDLED_MODEL = PROJECT_ROOT / "nli_service" / "models" / "nli-minilm-l6"
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 
 

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", dest="write", action="store_false", help="write neither docs nor the plot")
     args = parser.parse_args(argv)
     model = Path(args.model)
-    args.model_name = "the bundled model (models/nli-minilm-l6)" if model == BUNDLED_MODEL else args.model
+    args.model_name = "the bundled model (nli_service/models/nli-minilm-l6)" if model == BUNDLED_MODEL else args.model
     return run(args)
 
 

@@ -95,7 +95,7 @@ def save_tokenizer(tokenizer, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("models/nli-minilm-l6"))
+    parser.add_argument("--out", type=Path, default=Path("nli_service/models/nli-minilm-l6"))
     parser.add_argument("--work", type=Path, default=Path("training/runs/minilm"))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=8e-5)

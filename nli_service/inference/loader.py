@@ -50,8 +50,8 @@ BUNDLED_NAME = "bundled"
 
 
 def bundled_model_dir() -> Path:
-    """The compact NLI model shipped in the repository (``NLI_BUNDLED_MODEL_DIR`` overrides)."""
-    default = Path(__file__).resolve().parents[2] / "models" / "nli-minilm-l6"
+    """The compact NLI model shipped inside the package, wheel included (``NLI_BUNDLED_MODEL_DIR`` overrides)."""
+    default = Path(__file__).resolve().parents[1] / "models" / "nli-minilm-l6"
     return Path(os.environ.get("NLI_BUNDLED_MODEL_DIR", default))
 
 
