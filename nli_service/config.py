@@ -77,6 +77,14 @@ def _redis_url(raw: str) -> str | None:
     return raw.strip()
 
 
+def _otlp_endpoint(raw: str) -> str | None:
+    if not raw.strip():
+        return None
+    if not raw.strip().startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL (the collector's OTLP/HTTP port, e.g. :4318)")
+    return raw.strip()
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -279,6 +287,12 @@ class Settings:
         "NLI_CACHE_SIZE", "10000", _non_negative_int, "results kept in each worker's in-process cache (0: no cache)"
     )
     cache_ttl: float = _setting("NLI_CACHE_TTL", "86400", _positive_float, "seconds a result stays in the Redis cache")
+    otlp_endpoint: str | None = _setting(
+        "NLI_OTLP_ENDPOINT",
+        "",
+        _otlp_endpoint,
+        "OpenTelemetry collector's OTLP/HTTP URL, e.g. http://127.0.0.1:4318: every request is traced (empty: off)",
+    )
 
     model_is_default: bool = field(default=True, metadata={})  # NLI_MODEL unset: may fall back to the bundled model
 

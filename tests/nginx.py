@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -23,23 +24,28 @@ def nginx_binary() -> str:
     return found
 
 
-def render(upstream_ports: list[int], listen_port: int) -> str:
-    """The shipped file with this test's replicas and port: only the server lines and listen change."""
+def render(upstream_ports: list[int], listen_port: int, access_log: Path | None = None) -> str:
+    """The shipped file with this test's replicas, port and access log (none by default): only the
+    server lines, listen and access_log change."""
     text = SHIPPED.read_text()
     servers = "".join(f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;\n" for port in upstream_ports)
     text, replaced = re.subn(r"    server 127\.0\.0\.1:5000 [^\n]*\n", servers, text)
     assert replaced == 1, "the shipped config's upstream line changed; update tests/nginx.py"
     text, replaced = re.subn(r"listen 8080;", f"listen 127.0.0.1:{listen_port};", text)
     assert replaced == 1
+    log = "access_log off;" if access_log is None else f"access_log {access_log} nli_access;"
+    text, replaced = re.subn(r"access_log /var/log/nginx/\S+ nli_access;", log, text)
+    assert replaced == 1, "the shipped config's access_log line changed; update tests/nginx.py"
     return text
 
 
 @contextmanager
 def nginx_in_front(upstream_ports: list[int], work: Path) -> Iterator[str]:
-    """nginx (one process, in the foreground) serving the shipped config; yields its URL."""
+    """nginx (one process, in the foreground) serving the shipped config; yields its URL.
+    Its access log (the shipped JSON format) is ``work / "access.log"``."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
-    (work / "nli-service.conf").write_text(render(upstream_ports, port))
+    (work / "nli-service.conf").write_text(render(upstream_ports, port, work / "access.log"))
     temp = {name: work / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
     main = f"""
 daemon off;
@@ -81,3 +87,9 @@ http {{
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def access_records(work: Path) -> list[dict]:
+    """The JSON lines nginx has written to its access log under ``work`` (see :func:`nginx_in_front`)."""
+    log = work / "access.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

@@ -98,12 +98,23 @@ class RunningService:
         return Path(self.output_file.name).read_text(errors="replace")
 
 
-def start(command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> RunningService:
+def start(
+    command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT, own_process_group: bool = False
+) -> RunningService:
+    """Start ``command``; ``own_process_group``: in a process group of its own, so ``os.killpg`` takes the
+    Gunicorn master and its workers at once, as a crashed host would."""
     # A file, not a pipe: nobody reads a pipe while the service runs, and a full one
     # (every request logs a line to stdout) would block the workers.
     _record(command)
     output_file = tempfile.NamedTemporaryFile("w+", prefix="nli-service-", suffix=".out")  # noqa: SIM115
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=output_file,
+        stderr=subprocess.STDOUT,
+        process_group=0 if own_process_group else None,
+    )
     return RunningService(process=process, env=env, output_file=output_file)
 
 
@@ -132,8 +143,10 @@ class Services:
     def __init__(self) -> None:
         self._services: list[RunningService] = []
 
-    def start(self, command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> RunningService:
-        service = start(command, env, cwd)
+    def start(
+        self, command: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT, own_process_group: bool = False
+    ) -> RunningService:
+        service = start(command, env, cwd, own_process_group)
         self._services.append(service)
         return service
 

@@ -29,6 +29,7 @@ from nli_service.api import (
     rate_limit,
     request_log,
     request_metrics,
+    request_trace,
     service,
     zero_shot,
 )
@@ -53,6 +54,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     logs.configure_logging(settings)
     request_log.init_app(app)
+    request_trace.init_app(app)  # before auth and rate limits: their refusals are traced too
     request_metrics.init_app(app)
     auth.init_app(app)
     rate_limit.init_app(app)

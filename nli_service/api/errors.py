@@ -14,6 +14,7 @@ from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from nli_service import metrics
+from nli_service.api.request_trace import record_error
 from nli_service.serving.errors import ClientGone, NotReady, Overloaded, RequestTimedOut, ServingError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def error_response(message: str, status: int, headers: dict[str, str] | None = N
 
 
 def _api_error(error: ApiError) -> Response:
+    record_error(error)  # the message names the field at fault
     return error_response(error.message, error.status, error.headers)
 
 
@@ -55,6 +57,7 @@ SERVING_STATUS: dict[type[ServingError], int] = {NotReady: 503, Overloaded: 429,
 
 def _serving_error(error: ServingError) -> Response:
     status = next((code for kind, code in SERVING_STATUS.items() if isinstance(error, kind)), 503)
+    record_error(error)
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
     message = str(error)
     if isinstance(error, RequestTimedOut):
@@ -66,6 +69,7 @@ def _serving_error(error: ServingError) -> Response:
 
 def _unexpected(error: Exception) -> Response:
     log.exception("unhandled error", exc_info=error)
+    record_error(error)
     return error_response("internal server error; the request id identifies the full report in the logs", 500)
 
 

@@ -13,7 +13,7 @@ from flask import request
 from pydantic import BaseModel
 
 from nli_service import schemas
-from nli_service.api import service
+from nli_service.api import request_trace, service
 from nli_service.api.errors import ApiError
 
 JsonObject = dict[str, Any]
@@ -45,5 +45,8 @@ def parse(model: type[M], body: object) -> M:
 
 
 def read(model: type[M]) -> M:
-    """The request body, decoded and validated by ``model``."""
-    return parse(model, read_json_object())
+    """The request body, decoded and validated by ``model`` (the ``decode`` span)."""
+    with request_trace.stage("decode") as span:
+        if span.is_recording():
+            span.set_attribute("http.request.body.size", request.content_length or 0)
+        return parse(model, read_json_object())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response
 
-from nli_service.api import arrival, payloads, rate_limit, request_log, service
+from nli_service.api import arrival, payloads, rate_limit, request_log, request_trace, service
 from nli_service.inference import types
 from nli_service.schemas import BatchPredictRequest, BatchPredictResponse, Prediction, PredictRequest, PredictResponse
 
@@ -16,22 +16,26 @@ def _prediction(prediction: types.Prediction) -> Prediction:
 
 
 @bp.post("/predict")
-def predict() -> dict:
+def predict() -> Response:
     """Classify one premise/hypothesis pair."""
     pair = payloads.read(PredictRequest).pair()
     nli = service.current_service()
     request_log.account_for([pair])
     rate_limit.count_pairs(1)
     [prediction] = nli.predict([pair], arrival.timing())
-    return PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id).model_dump()
+    return request_trace.encode(
+        lambda: PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id)
+    )
 
 
 @bp.post("/batch-predict")
-def batch_predict() -> dict:
+def batch_predict() -> Response:
     """Classify many pairs; results come back in input order."""
     pairs = payloads.read(BatchPredictRequest).to_pairs()
     nli = service.current_service()
     request_log.account_for(pairs)
     rate_limit.count_pairs(len(pairs))
     predictions = nli.predict(pairs, arrival.timing())
-    return BatchPredictResponse(results=[_prediction(p) for p in predictions], model=nli.model_id).model_dump()
+    return request_trace.encode(
+        lambda: BatchPredictResponse(results=[_prediction(p) for p in predictions], model=nli.model_id)
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response
 
-from nli_service.api import arrival, payloads, rate_limit, request_log, service
+from nli_service.api import arrival, payloads, rate_limit, request_log, request_trace, service
 from nli_service.inference.types import zero_shot_pairs
 from nli_service.schemas import ZeroShotBatchResponse, ZeroShotRequest, ZeroShotResponse, ZeroShotResult
 
@@ -12,7 +12,7 @@ bp = Blueprint("zero_shot", __name__)
 
 
 @bp.post("/zero-shot")
-def zero_shot() -> dict:
+def zero_shot() -> Response:
     """Labels sorted by score for ``text`` (or for each of ``texts``)."""
     request = payloads.read(ZeroShotRequest)  # also bounds texts x labels and the expanded characters
     texts, labels, template = request.all_texts(), request.labels, request.hypothesis_template
@@ -22,5 +22,7 @@ def zero_shot() -> dict:
     results = nli.zero_shot(texts, labels, template, request.multi_label, arrival.timing())
     if request.many:
         answers = [ZeroShotResult(labels=result.labels, scores=result.scores) for result in results]
-        return ZeroShotBatchResponse(results=answers, model=nli.model_id).model_dump()
-    return ZeroShotResponse(labels=results[0].labels, scores=results[0].scores, model=nli.model_id).model_dump()
+        return request_trace.encode(lambda: ZeroShotBatchResponse(results=answers, model=nli.model_id))
+    return request_trace.encode(
+        lambda: ZeroShotResponse(labels=results[0].labels, scores=results[0].scores, model=nli.model_id)
+    )

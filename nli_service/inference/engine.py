@@ -33,6 +33,7 @@ from nli_service.inference.loader import (
     resolve_model,
 )
 from nli_service.inference.memory import HeapTrimmer
+from nli_service.inference.spans import forward_attributes, tokenise_attributes, traced
 from nli_service.inference.types import Pair, Prediction
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class NLIEngine:
         """Softmax each row and name its labels."""
         return [self._to_prediction(row) for row in torch.softmax(logits, dim=-1).tolist()]
 
+    @traced("tokenise", tokenise_attributes)
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
         """Tokenise all pairs in one call, truncating the premise first."""
         if not pairs:
@@ -259,6 +261,7 @@ class NLIEngine:
             features = {name: [single[name][0] for single in singles] for name in singles[0]}
         return Encoded(features=features)
 
+    @traced("forward", forward_attributes)
     def forward(self, encoded: Encoded, chunk: Sequence[int]) -> torch.Tensor:
         """Run one padded forward pass over the pairs at ``chunk``; float32 logits on CPU."""
         started = time.perf_counter()

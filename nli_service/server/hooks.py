@@ -170,6 +170,7 @@ def post_worker_init(worker: Any) -> None:
     wait out graceful_timeout."""
     from nli_service.server.worker_table import TABLE
     from nli_service.serving.runtime import WorkerContext, prepare_worker
+    from nli_service.tracing import start_tracing
 
     settings = Settings.from_env()
     threads = settings.torch_threads_for(worker.cfg.workers)
@@ -181,6 +182,7 @@ def post_worker_init(worker: Any) -> None:
     except Exception as error:  # noqa: BLE001 - decided below: halt the server, or let it replace this worker
         _worker_failed_to_start(worker, error)
     worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains
+    start_tracing(settings)  # after the warm-up, whose pass is not a request
     TABLE.worker_started()
 
 

@@ -57,9 +57,11 @@ def start_metrics_or_exit(settings) -> None:
 def run_dev_server(app) -> None:
     """Flask's server, single-threaded (SIGALRM timeouts), no reloader, metrics on the side port."""
     from nli_service.serving.runtime import WorkerContext, prepare_worker
+    from nli_service.tracing import start_tracing
 
     settings = app.config["NLI_SETTINGS"]
     prepare_worker(WorkerContext(threads=settings.torch_threads_for(workers=1), batching=False))
+    start_tracing(settings)
     if settings.metrics_port:
         start_metrics_or_exit(settings)
     log.info("development server starting", extra={"host": settings.host, "port": settings.port})

@@ -38,6 +38,7 @@ from nli_service.inference.types import Pair, Prediction
 from nli_service.serving.deadline import Deadline, DeadlineExceeded
 from nli_service.serving.errors import ClientGone, Overloaded, RequestTimedOut
 from nli_service.serving.pace import Pace
+from nli_service.serving.pass_trace import QueueWait, traced_pass
 from nli_service.serving.shared_cores import SharedCores
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class _Job:
     logits: torch.Tensor | None = None
     error: BaseException | None = None
     abandoned: bool = False
+    wait: QueueWait = field(default_factory=QueueWait)  # made in the request's thread, as the job
 
     @property
     def size(self) -> int:
@@ -79,6 +81,7 @@ class _Job:
 
     def finish(self, logits: torch.Tensor | None = None, error: BaseException | None = None) -> None:
         self.logits, self.error = logits, error
+        self.wait.end(error)  # if its pass has not ended it: answered uncomputed
         self.done.set()
 
 
@@ -228,7 +231,8 @@ class MicroBatcher:
         with self._condition:
             self._pass_pairs, self._pass_started = pairs, time.monotonic()
         try:
-            with self.cores.computing(pairs) if self.cores is not None else contextlib.nullcontext():
+            cores = self.cores.computing(pairs) if self.cores is not None else contextlib.nullcontext()
+            with cores, traced_pass(jobs):
                 logits = self.engine.run(Encoded.concatenate([job.encoded for job in jobs]), _AllExpired(jobs))
             self.pace.record(pairs, time.monotonic() - self._pass_started)
         except DeadlineExceeded as exceeded:

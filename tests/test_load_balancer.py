@@ -1,0 +1,147 @@
+"""The shipped nginx config in front of two Gunicorn replicas: ``kill -9`` one under load (issue 17 §2).
+
+Each replica runs in a process group of its own, and the whole group is killed at once (the
+master and its workers, as when a host or container dies). Which replica answered a request
+is read from the replicas' own access records (each logs to its own NLI_LOG_DIR, keyed by the
+X-Request-ID the client sent) and from nginx's access log (``$upstream_addr``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from model_factory import SAMPLE_PAIRS
+from nginx import access_records, nginx_in_front
+from serving import GUNICORN, RunningService, Services, service_env, wait_for
+
+from reliability.service import worker_pids
+
+CLIENTS = 6
+PACING_SECONDS = 0.1  # between one client's requests: ~60 requests/s in all, a few hundred in the run
+ANSWERED_BEFORE_THE_KILL = 100
+# Load goes on this long after the kill: past nginx's fail_timeout (10 s), when nginx tries the
+# dead replica again, so that retry is under load too.
+SECONDS_AFTER_THE_KILL = 12
+MAX_REQUESTS = 2000  # a bound, whatever the timing
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    started: float
+    finished: float
+    status: int | None  # None: no HTTP answer at all (connection error, timeout)
+
+
+def _replica(services: Services, model_dir: Path, logs: Path) -> RunningService:
+    env = service_env(NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_THREADS=4, NLI_LOG_DIR=logs)
+    return services.start(GUNICORN, env, own_process_group=True)
+
+
+def _answered_ids(replica: RunningService) -> set[str]:
+    """Request ids of the /predict requests this replica answered with 200 (its own access records)."""
+    log = Path(replica.env["NLI_LOG_DIR"]) / "nli_service.log"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return {r["request_id"] for r in records if r.get("path") == "/predict" and r.get("status") == 200}
+
+
+class Load:
+    """Clients sending /predict through nginx, each request with its own X-Request-ID, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.outcomes: list[Outcome] = []
+        self.stopped = threading.Event()
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+
+    def answered(self) -> int:
+        with self._lock:
+            return sum(outcome.status == 200 for outcome in self.outcomes)
+
+    def client(self) -> None:
+        with requests.Session() as session:
+            while not self.stopped.is_set():
+                with self._lock:
+                    number = next(self._numbers)
+                if number >= MAX_REQUESTS:
+                    return
+                premise, hypothesis = SAMPLE_PAIRS[number % len(SAMPLE_PAIRS)]
+                request_id = f"lb-{number}"
+                started = time.monotonic()
+                try:
+                    response = session.post(
+                        f"{self.url}/predict",
+                        json={"premise": premise, "hypothesis": hypothesis},
+                        headers={"X-Request-ID": request_id},
+                        timeout=30,
+                    )
+                    status: int | None = response.status_code
+                except requests.RequestException:
+                    status = None
+                with self._lock:
+                    self.outcomes.append(Outcome(request_id, started, time.monotonic(), status))
+                time.sleep(PACING_SECONDS)
+
+
+def test_kill_9_of_a_replica_under_load_fails_no_request_after_those_in_flight(
+    services: Services, model_dir: Path, tmp_path: Path
+) -> None:
+    victim, survivor = (_replica(services, model_dir, tmp_path / name) for name in ("victim", "survivor"))
+    for replica in (victim, survivor):
+        replica.wait_ready()
+    victim_port, survivor_port = (int(replica.env["NLI_PORT"]) for replica in (victim, survivor))
+    victim_workers = worker_pids(victim.process.pid)
+    assert len(victim_workers) == 2
+
+    with nginx_in_front([victim_port, survivor_port], tmp_path / "nginx") as url:
+        load = Load(url)
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            clients = [pool.submit(load.client) for _ in range(CLIENTS)]
+            try:
+                wait_for(lambda: load.answered() >= ANSWERED_BEFORE_THE_KILL, 60, "the load before the kill")
+                killed_at = time.monotonic()
+                os.killpg(victim.process.pid, signal.SIGKILL)  # the master and its workers at once
+                time.sleep(SECONDS_AFTER_THE_KILL)
+            finally:
+                load.stopped.set()
+            for client in clients:
+                client.result(timeout=60)
+        nginx_log = {record["request_id"]: record for record in access_records(tmp_path / "nginx")}
+
+    assert victim.process.wait(10) == -signal.SIGKILL
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in victim_workers), 10, "the workers gone")
+
+    before = [o for o in load.outcomes if o.finished < killed_at]
+    in_flight = [o for o in load.outcomes if o.started <= killed_at <= o.finished]
+    after = [o for o in load.outcomes if o.started > killed_at]
+    failed = [o for o in load.outcomes if o.status != 200]
+    victim_answered, survivor_answered = _answered_ids(victim), _answered_ids(survivor)
+
+    # Both replicas shared the load before the kill (else the kill would prove nothing).
+    assert {o.request_id for o in before} & victim_answered and {o.request_id for o in before} & survivor_answered
+    # A failure can only be a request in flight at the kill, and one nginx had sent to the victim.
+    assert all(o in in_flight for o in failed), [o for o in failed if o not in in_flight]
+    victim_address = f"127.0.0.1:{victim_port}"
+    assert all(victim_address in nginx_log[o.request_id]["upstream_addr"] for o in failed)
+    # After the kill: every request answered, and by the survivor (its own record says so).
+    assert len(after) >= 100, len(after)
+    assert [o for o in after if o.status != 200] == []
+    assert {o.request_id for o in after} <= survivor_answered
+    survivor_address = f"127.0.0.1:{survivor_port}"
+    assert all(nginx_log[o.request_id]["upstream_addr"].endswith(survivor_address) for o in after)
+    retried = [r for r in nginx_log.values() if "," in r["upstream_addr"]]
+    print(
+        f"kill -9 under load: {len(load.outcomes)} requests, {len(in_flight)} in flight at the kill, "
+        f"{len(failed)} failed, {len(after)} sent after it (all 200, all by the survivor); "
+        f"nginx passed {len(retried)} on from the dead replica"
+    )
