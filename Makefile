@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test test-services test-fast lint bench profile train eval clean fuzz soak chaos
+.PHONY: install run dev test test-services test-fast lint bench profile train eval clean fuzz soak chaos k8s-lint
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,12 @@ dev: $(STAMP) ## development server: python app.py
 test: $(STAMP) test-services ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-test-services: ## the real components the tests drive (Debian's nginx, redis-server, chromium + chromium-driver), installed when missing
+test-services: ## the real components the tests drive (Debian's nginx, redis-server, chromium + chromium-driver; node with the CRD schemas of deploy/k8s), installed when missing
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || ./scripts/install-debian-packages nginx
 	@command -v redis-server >/dev/null 2>&1 || ./scripts/install-debian-packages redis-server
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || ./scripts/install-debian-packages chromium chromium-driver
+	@command -v npm >/dev/null 2>&1 || ./scripts/install-debian-packages nodejs npm
+	@[ -f $(K8S_CRD_SCHEMAS)/node_modules/.package-lock.json ] || npm ci --prefix $(K8S_CRD_SCHEMAS) --no-audit --no-fund --loglevel=error
 
 test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (under a minute)
 	$(BIN)/python -m pytest -q -m "not server and not slow"
@@ -55,6 +57,21 @@ train: $(STAMP) ## fine-tune the bundled model (CPU, ~40 min); writes nli_servic
 
 eval: $(STAMP) ## accuracy of a model on the evaluation sets; ARGS='--url http://...' goes through a service
 	$(BIN)/python -m training.evaluate $(ARGS)
+
+# checkov in a venv of its own: its pins (cachetools 5, packaging 23) clash with the service's.
+CHECKOV_VENV := $(VENV)/tools/checkov
+K8S_CRD_SCHEMAS := deploy/k8s/crd-schemas
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+	touch $@
+
+k8s-lint: $(STAMP) $(CHECKOV_VENV)/.installed ## checkov policy scan of every rendered Kubernetes overlay (deploy/k8s; skips are justified inline)
+	rm -rf $(VENV)/tools/k8s-rendered && mkdir -p $(VENV)/tools/k8s-rendered
+	for overlay in cpu gpu canary; do \
+		$(BIN)/kubectl kustomize deploy/k8s/overlays/$$overlay > $(VENV)/tools/k8s-rendered/$$overlay.yaml || exit 1; done
+	$(CHECKOV_VENV)/bin/checkov --directory $(VENV)/tools/k8s-rendered --framework kubernetes --skip-download --compact --quiet
 
 lint: $(STAMP) ## ruff, and the layer contracts of pyproject.toml (import-linter)
 	$(BIN)/ruff check .
