@@ -73,10 +73,11 @@ k8s-lint: $(STAMP) $(CHECKOV_VENV)/.installed ## checkov policy scan of every re
 		$(BIN)/kubectl kustomize deploy/k8s/overlays/$$overlay > $(VENV)/tools/k8s-rendered/$$overlay.yaml || exit 1; done
 	$(CHECKOV_VENV)/bin/checkov --directory $(VENV)/tools/k8s-rendered --framework kubernetes --skip-download --compact --quiet
 
-lint: $(STAMP) ## ruff, and the layer contracts of pyproject.toml (import-linter)
+lint: $(STAMP) ## ruff, the layer contracts of pyproject.toml (import-linter), hadolint on the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
