@@ -41,6 +41,10 @@ def _optional_positive_int(raw: str) -> int | None:
     return None if raw.strip().lower() in ("", "auto") else _positive_int(raw)
 
 
+def _optional_version(raw: str) -> int | None:
+    return None if not raw.strip() else _positive_int(raw)
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0 or value == float("inf"):
@@ -140,6 +144,21 @@ class Settings:
     """The service's configuration; build it with :meth:`from_env`."""
 
     model: str = _setting("NLI_MODEL", DEFAULT_MODEL, _non_empty, "Hugging Face hub id or local model directory")
+    model_repository: str | None = _setting(
+        "NLI_MODEL_REPOSITORY",
+        "",
+        _optional,
+        "folder of `NAME/VERSION/` model folders (NLI_MODEL: the NAME, if several); serves the highest VERSION",
+    )
+    model_version: int | None = _setting(
+        "NLI_MODEL_VERSION", "", _optional_version, "with NLI_MODEL_REPOSITORY: serve this version (empty: the highest)"
+    )
+    model_poll_seconds: float = _setting(
+        "NLI_MODEL_POLL_SECONDS",
+        "10",
+        _non_negative_float,
+        "with NLI_MODEL_REPOSITORY under Gunicorn: seconds between looks for a new version (0: only on SIGHUP)",
+    )
     device: str = _setting("NLI_DEVICE", "auto", _device, "auto / cpu / cuda / cuda:N")
     dtype: str = _setting(
         "NLI_DTYPE",
@@ -313,6 +332,8 @@ class Settings:
         if _boolean(environ.get("HF_HUB_OFFLINE", "0") or "0"):
             values["offline"] = True
         values["model_is_default"] = "NLI_MODEL" not in environ
+        if values["model_version"] is not None and values["model_repository"] is None:
+            raise ConfigError("NLI_MODEL_VERSION is set but NLI_MODEL_REPOSITORY is not: versions live in a repository")
         values["backend"] = _backend_for(values["backend"], values["quantize"])
         layout = default_layout(available_cores(), gpu=uses_gpu(values["device"]))
         for name in ("workers", "threads", "batch_size"):

@@ -51,6 +51,17 @@ RATE_LIMIT_STORE_ERRORS = Counter(
 )
 BORROWED_CORES = Counter("nli_borrowed_cores_passes", "Lone small passes run on idle workers' cores too")
 MODEL_LOAD_SECONDS = Gauge("nli_model_load_seconds", "Seconds taken to load the model", multiprocess_mode="max")
+MODEL_INFO = Gauge(
+    "nli_model_info",
+    "Workers serving each model and version (version: the repository's, else a digest of the model's files)",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+MODEL_VERSIONS_REFUSED = Counter(
+    "nli_model_versions_refused",
+    "Repository model versions not served: they failed to load, to answer, or were not NLI models",
+    ["model", "version"],
+)
 
 
 def observe_forward(pairs: int, padded_tokens: int, seconds: float) -> None:

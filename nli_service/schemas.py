@@ -516,6 +516,9 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok", "loading"]
     model: str | None
+    model_version: int | None = Field(
+        default=None, description="The version served, from NLI_MODEL_REPOSITORY (null without one)."
+    )
     fallback: bool = Field(description="True when the bundled model serves in place of the default one.")
     model_loaded_at: str | None = Field(description="ISO 8601 time the model was loaded.")
     uptime_seconds: float
@@ -582,6 +585,14 @@ class ModelInfo(BaseModel):
     id: str
     version: str = Field(
         description="A digest of the model's files and how they run (backend, export, dtype): results are keyed by it."
+    )
+    model_version: int | None = Field(
+        default=None, description="The version this worker serves, from NLI_MODEL_REPOSITORY (null without one)."
+    )
+    repository: dict[str, Any] | None = Field(
+        default=None,
+        description="NLI_MODEL_REPOSITORY: path, name, versions, pinned_version, poll_seconds and the versions "
+        "refused (version, path, reason, at); null without one.",
     )
     source: str = Field(description="local / cache / hub")
     fallback: bool = Field(description="True when the bundled model serves in place of the requested one.")

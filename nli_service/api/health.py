@@ -9,6 +9,7 @@ from flask import Blueprint, current_app
 
 from nli_service.api import service
 from nli_service.api.errors import error_response
+from nli_service.serving import model_versions
 
 bp = Blueprint("health", __name__)
 _STARTED = time.monotonic()
@@ -22,6 +23,7 @@ def health() -> dict:
     return {
         "status": "ok" if model is not None else "loading",
         "model": model["id"] if model is not None else None,
+        "model_version": model["model_version"] if model is not None else None,
         "fallback": model["fallback"] if model is not None else False,
         "model_loaded_at": model["loaded_at"] if model is not None else None,
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
@@ -43,7 +45,10 @@ def ready():
 
 @bp.get("/model")
 def model() -> dict:
-    """The served model: id, labels, device, dtype, limits, size, load time."""
+    """The served model: id, version, labels, device, dtype, limits, size, load time; the repository's
+    versions and the ones refused, when served from a repository."""
     settings = service.settings()
     limits = {"max_pairs": settings.max_pairs, "max_body_bytes": settings.max_body_bytes}
-    return {**service.current_service().describe(), **limits, "request_timeout": settings.request_timeout}
+    described = service.current_service().describe()
+    repository = model_versions.repository_status(settings)
+    return {**described, **limits, "request_timeout": settings.request_timeout, "repository": repository}

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 
 from flask import Flask, Response, current_app, g, request
 
-from nli_service.api import arrival
+from nli_service.api import arrival, service
 from nli_service.inference.types import Pair
 from nli_service.logs import current_request_id
 
 log = logging.getLogger("nli_service.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+MODEL_VERSION_HEADER = "X-Model-Version"  # the repository version that answered (NLI_MODEL_REPOSITORY)
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
@@ -43,6 +44,9 @@ def _before_request() -> None:
 
 def _after_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = g.request_id
+    model, model_version = service.served()
+    if model_version is not None:
+        response.headers[MODEL_VERSION_HEADER] = str(model_version)
     record = {
         "request_id": g.request_id,
         "method": request.method,
@@ -53,6 +57,8 @@ def _after_request(response: Response) -> Response:
         "pairs": g.get("pairs", 0),
         "input_chars": g.get("input_chars", 0),
         "worker_pid": os.getpid(),
+        "model": model,
+        "model_version": model_version,
     }
     if "api_key_name" in g:
         record["api_key"] = g.api_key_name  # the key's name, never the key

@@ -10,7 +10,7 @@ from flask import Flask, current_app
 
 from nli_service.config import Settings
 from nli_service.serving.errors import NotReady
-from nli_service.serving.runtime import load_engine, service_for
+from nli_service.serving.runtime import load_engine, served_model, service_for
 from nli_service.serving.service import NLIService
 
 EXTENSION_KEY = "nli_service"
@@ -35,6 +35,11 @@ def current_service() -> NLIService:
     if service is None:
         raise NotReady()
     return service
+
+
+def served() -> tuple[str | None, int | None]:
+    """This process's model id and its repository version (None when not from a repository); cheap."""
+    return served_model()
 
 
 def settings() -> Settings:

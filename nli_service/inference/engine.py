@@ -33,6 +33,7 @@ from nli_service.inference.loader import (
     resolve_model,
 )
 from nli_service.inference.memory import HeapTrimmer
+from nli_service.inference.repository import ModelVersion, version_source
 from nli_service.inference.spans import forward_attributes, tokenise_attributes, traced
 from nli_service.inference.types import Pair, Prediction
 
@@ -164,15 +165,20 @@ class NLIEngine:
         hub_timeout: float = 5.0,
         fallback: bool = False,
         calibration_data: str | None = None,
+        model_version: ModelVersion | None = None,
         **options: Any,
     ) -> NLIEngine:
-        """Find and load ``model`` (hub id, folder or ``bundled``); raises :class:`ModelLoadError`."""
+        """Find and load ``model`` (hub id, folder or ``bundled``), or ``model_version`` from a
+        repository when given; raises :class:`ModelLoadError`."""
         started = time.perf_counter()
         try:
             backend = choose_backend(backend, quantize)  # auto: torch, or onnx for int8
         except ValueError as error:
             raise ModelLoadError(str(error)) from None
-        source = resolve_model(model, offline=offline, hub_timeout=hub_timeout, fallback=fallback)
+        if model_version is not None:
+            source = version_source(model_version)
+        else:
+            source = resolve_model(model, offline=offline, hub_timeout=hub_timeout, fallback=fallback)
         torch_device = resolve_device(device)
         if torch_device.type != "cpu" and (backend != "torch" or quantize != "none"):
             raise ModelLoadError(f"NLI_BACKEND={backend} with NLI_QUANTIZE={quantize} runs on the CPU only")
@@ -324,6 +330,7 @@ class NLIEngine:
         return {
             "id": self.model_id,
             "version": self.version,
+            "model_version": self.source.version,
             "source": self.source.origin,
             "fallback": self.source.fallback_from is not None,
             "requested_model": self.source.fallback_from or self.model_id,

@@ -34,7 +34,7 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model was found: ``origin`` is ``local``, ``cache``, ``hub`` or ``bundled``.
+    """Where a model was found: ``origin`` is ``local``, ``cache``, ``hub``, ``bundled`` or ``repository``.
 
     ``fallback_from`` names the default model that could not be had, when the bundled
     model stands in for it.
@@ -44,6 +44,7 @@ class ModelSource:
     path: str
     origin: str
     fallback_from: str | None = None
+    version: int | None = None  # the version folder's number, for a model from a repository
 
 
 BUNDLED_NAME = "bundled"
@@ -57,7 +58,7 @@ def bundled_model_dir() -> Path:
 
 def _bundled(fallback_from: str | None = None) -> ModelSource:
     folder = bundled_model_dir()
-    source = _local_folder(str(folder))
+    source = local_folder(str(folder))
     return ModelSource(f"bundled/{folder.name}", source.path, "bundled", fallback_from)
 
 
@@ -71,7 +72,7 @@ def _hub_cache_dir() -> str:
     return constants.HF_HUB_CACHE
 
 
-def _local_folder(name: str) -> ModelSource:
+def local_folder(name: str) -> ModelSource:
     path = Path(name).expanduser().resolve()
     if not path.is_dir():
         raise ModelLoadError(
@@ -139,7 +140,7 @@ def resolve_model(name: str, *, offline: bool, hub_timeout: float, fallback: boo
 
 def _find(name: str, *, offline: bool, hub_timeout: float) -> ModelSource:
     if Path(name).expanduser().exists() or _looks_like_path(name):
-        return _local_folder(name)
+        return local_folder(name)
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:

@@ -144,11 +144,16 @@ class JsonLogger(glogging.Logger):
 
 
 def when_ready(server: Any) -> None:
-    """In the master, once listening: serve the summed metrics of all workers."""
+    """In the master, once listening: serve the summed metrics of all workers; with a model
+    repository, watch it for new versions."""
     from nli_service.server.startup import start_metrics_or_exit
 
     settings = Settings.from_env()
     drain_on_sigterm(server, settings)
+    if settings.model_repository is not None and settings.model_version is None:
+        from nli_service.server.model_rollout import ModelRollout
+
+        ModelRollout(server, settings).install()  # new versions are rolled out, worker by worker
     if settings.metrics_port:
         start_metrics_or_exit(settings)
         server.log.info("metrics on %s:%s/metrics", settings.host, settings.metrics_port)
@@ -184,6 +189,7 @@ def post_worker_init(worker: Any) -> None:
     worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains
     start_tracing(settings)  # after the warm-up, whose pass is not a request
     TABLE.worker_started()
+    TABLE.mark_ready(worker.age, os.getpid())
 
 
 def pre_request(worker: Any, req: Any) -> None:

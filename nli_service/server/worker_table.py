@@ -22,11 +22,12 @@ def _now_ms() -> int:
 
 class WorkerTable:
     def __init__(self, slots: int = 256) -> None:
-        self._memory = mmap.mmap(-1, slots * 12 + 8)
+        self._memory = mmap.mmap(-1, slots * 16 + 8)
         view = memoryview(self._memory).cast("i")
         self._connections, self._computing = view[:slots], view[slots : 2 * slots]
         self._idle_since = view[2 * slots : 3 * slots]  # milliseconds of the monotonic clock, shared by processes
-        self._server = view[3 * slots :]  # [0]: 1 once the server drains (SIGTERM received); [1]: workers started
+        self._ready = view[3 * slots : 4 * slots]  # pid of the worker of age (mod slots) that finished starting
+        self._server = view[4 * slots :]  # [0]: 1 once the server drains (SIGTERM received); [1]: workers started
         self._taken: set[int] = set()
         for slot in range(slots):
             self._connections[slot] = NOT_ACCEPTING
@@ -44,6 +45,14 @@ class WorkerTable:
 
     def any_worker_started(self) -> bool:
         return self._server[1] > 0
+
+    def mark_ready(self, age: int, pid: int) -> None:
+        """In a worker that finished starting (model loaded, warmed up): ``age`` is Gunicorn's worker age."""
+        self._ready[age % len(self._ready)] = pid
+
+    def is_ready(self, age: int, pid: int) -> bool:
+        """In the master: whether worker ``pid`` of ``age`` finished starting."""
+        return self._ready[age % len(self._ready)] == pid
 
     def claim(self) -> int | None:
         """A free slot, or None when every slot is taken (that worker then shares nothing)."""

@@ -161,7 +161,15 @@ class ResultKeys:
 
     def __init__(self, engine: NLIEngine) -> None:
         self._base = hashlib.sha256()
-        for part in (engine.model_id, engine.version, engine.backend.name, engine.backend.quantize, engine.dtype):
+        # The repository version too: a new version never answers from an old one's results, whatever its files.
+        for part in (
+            engine.model_id,
+            engine.source.version,
+            engine.version,
+            engine.backend.name,
+            engine.backend.quantize,
+            engine.dtype,
+        ):
             self._base.update(_field(part))
         self._base.update(_field(engine.max_length))
 

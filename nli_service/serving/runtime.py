@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from nli_service import metrics
 from nli_service.config import Settings, available_cores
 from nli_service.inference import memory
 from nli_service.inference.engine import NLIEngine, set_torch_threads
+from nli_service.inference.loader import ModelLoadError
+from nli_service.inference.repository import ModelVersion, chosen_versions
+from nli_service.serving import model_versions
 from nli_service.serving.batcher import MicroBatcher
 from nli_service.serving.cache import CachingPredictor, result_store
 from nli_service.serving.service import NLIService, Predictor
@@ -42,24 +45,30 @@ class EngineSpec:
     max_length: int | None
     max_batch_tokens: int
     sort_by_length: bool
+    model_version: ModelVersion | None = None  # from NLI_MODEL_REPOSITORY
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EngineSpec:
+    def from_settings(cls, settings: Settings, model_version: ModelVersion | None = None) -> EngineSpec:
         return cls(
-            model=settings.model,
+            model=model_version.name if model_version is not None else settings.model,
             device=settings.device,
             dtype=settings.dtype,
             backend=settings.backend,
             quantize=settings.quantize,
             offline=settings.offline,
             hub_timeout=settings.hub_timeout,
-            fallback=settings.model_is_default,
+            fallback=settings.model_is_default and model_version is None,
             calibration_data=settings.calibration_data,
             batch_size=settings.batch_size,
             max_length=settings.max_length,
             max_batch_tokens=settings.max_batch_tokens,
             sort_by_length=settings.sort_by_length,
+            model_version=model_version,
         )
+
+    def arguments(self) -> dict[str, object]:
+        """The engine's keyword arguments (``asdict`` would turn the model version into a dict)."""
+        return {spec.name: getattr(self, spec.name) for spec in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -82,22 +91,70 @@ _services_lock = threading.Lock()
 
 
 def load_engine(settings: Settings) -> NLIEngine:
-    """The process's engine for ``settings``, loading it on first use (or when the spec changed)."""
+    """The process's engine for ``settings``, loading it on first use (or when the spec changed).
+
+    From a repository, the version chosen for this process (``model_versions``); at first the
+    pinned version, or the highest that loads (each one that does not is refused)."""
     global _engine, _engine_spec
-    spec = EngineSpec.from_settings(settings)
+    version = None
+    if settings.model_repository is not None:
+        version = model_versions.chosen(settings)
+        if version is None:
+            return _load_best_version(settings)
+    spec = EngineSpec.from_settings(settings, version)
     if _engine is None or _engine_spec != spec:
         if _worker is None:
             # Maybe the Gunicorn master before fork: a single thread never starts the
             # OpenMP pool (a dtype cast while loading could), which children would inherit broken.
             set_torch_threads(1)
-        engine = NLIEngine.from_pretrained(**asdict(spec))
+        engine = NLIEngine.from_pretrained(**spec.arguments())
         engine.observer = metrics.observe_forward
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
         _engine, _engine_spec = engine, spec
         if _worker is not None:  # loaded inside a worker (no preload): start here
             engine.start(_worker.threads)
+            _announce(engine)
     return _engine
+
+
+def _load_best_version(settings: Settings) -> NLIEngine:
+    assert settings.model_repository is not None
+    failure: ModelLoadError | None = None
+    name = model_versions.served_name(settings)
+    for version in chosen_versions(settings.model_repository, name, settings.model_version):
+        model_versions.choose(settings, version)
+        try:
+            return load_engine(settings)
+        except ModelLoadError as error:
+            model_versions.choose(settings, None)
+            model_versions.refuse(version, str(error))
+            failure = error
+    raise ModelLoadError(f"no version in NLI_MODEL_REPOSITORY={settings.model_repository!r} can be served: {failure}")
+
+
+def preload_version(settings: Settings, version: ModelVersion) -> None:
+    """In the Gunicorn master: load ``version``, so that the workers forked from now on share it
+    copy-on-write; raises :class:`ModelLoadError` with the previous version still chosen."""
+    previous = model_versions.chosen(settings)
+    model_versions.choose(settings, version)
+    try:
+        load_engine(settings)
+    except ModelLoadError:
+        model_versions.choose(settings, previous)
+        raise
+
+
+def _announce(engine: NLIEngine) -> None:
+    """This worker serves ``engine``: ``nli_model_info`` counts it (livesum: gone with the worker)."""
+    version = engine.source.version
+    metrics.MODEL_INFO.labels(model=engine.model_id, version=engine.version if version is None else str(version)).set(1)
+
+
+def served_model() -> tuple[str | None, int | None]:
+    """The id of the model this process serves and its repository version (None: not from a repository)."""
+    engine = _engine
+    return (engine.model_id, engine.source.version) if engine is not None else (None, None)
 
 
 def prepare_worker(context: WorkerContext) -> None:
@@ -108,6 +165,7 @@ def prepare_worker(context: WorkerContext) -> None:
     set_torch_threads(context.threads)
     if _engine is not None:
         _engine.start(context.threads)
+        _announce(_engine)
 
 
 def service_for(settings: Settings) -> NLIService:
