@@ -44,12 +44,19 @@ class Sent:
     status: int
 
 
-def send(url: str, path: str, body: dict, request_id: str, pairs: int, headers: dict | None = None) -> Sent:
+def send(
+    url: str, path: str, body: dict, request_id: str, pairs: int, headers: dict | None = None, sampled: bool = True
+) -> Sent:
     trace_id, caller_span_id = secrets.token_hex(16), secrets.token_hex(8)
+    flags = "01" if sampled else "00"
     response = requests.post(
         url + path,
         json=body,
-        headers={"traceparent": f"00-{trace_id}-{caller_span_id}-01", "X-Request-ID": request_id, **(headers or {})},
+        headers={
+            "traceparent": f"00-{trace_id}-{caller_span_id}-{flags}",
+            "X-Request-ID": request_id,
+            **(headers or {}),
+        },
         timeout=30,
     )
     return Sent(request_id, trace_id, caller_span_id, path, pairs, response.status_code)
@@ -122,11 +129,15 @@ def test_over_gunicorn_every_stage_of_a_request_is_a_span_and_a_stopping_worker_
         timed_out = send(
             service.url, "/predict", unique_pair("fox"), "trace-timeout", 1, headers={"X-Request-Timeout": "0.000001"}
         )
+        unsampled = send(service.url, "/predict", unique_pair("ant"), "trace-unsampled", 1, sampled=False)
         assert [s.status for s in sent] == [200] * len(sent) and timed_out.status == 408
         assert receiver.requests == 0, "nothing exported before the worker stopped"
     spans = receiver.spans()
 
     assert {span.resource.get("service.name") for span in spans} == {"nli-under-test"}
+    # Every span belongs to a request's trace: none from the warm-up, none from a caller that did not sample.
+    assert {span.trace_id for span in spans} == {span.trace_id for span in spans if span.is_server}
+    assert unsampled.status == 200 and not [span for span in spans if span.trace_id == unsampled.trace_id]
     for each in sent:
         request = assert_continues_the_callers_trace(spans, each)
         tokenise = child(spans, request, "tokenise")  # in the request's own thread

@@ -1,9 +1,9 @@
 """One trace span per request, continuing the caller's W3C ``traceparent``, and the ``decode`` / ``encode`` spans.
 
 The request hooks are registered only when ``NLI_OTLP_ENDPOINT`` is set; with tracing off the
-``decode`` and ``encode`` stages go through the OpenTelemetry API's no-op tracer (a function
-call each). The request's span is current while it is handled, so the spans below it
-(``decode``, ``tokenise``, ``queue_wait``, ``forward``, ``encode``) are its children.
+``decode`` and ``encode`` stages only look at the current span (not recording) and go on. The
+request's span is current while it is handled, so the spans below it (``decode``,
+``tokenise``, ``queue_wait``, ``forward``, ``encode``) are its children.
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ def record_error(error: BaseException) -> None:
 
 @contextmanager
 def stage(name: str) -> Iterator[trace.Span]:
-    """A child span of the request's, for a stage handled in the API (``decode``, ``encode``)."""
+    """A child span of the request's, for a stage handled in the API (``decode``, ``encode``); none
+    (a no-op span) unless the request is traced."""
+    if not trace.get_current_span().is_recording():
+        yield trace.INVALID_SPAN
+        return
     with tracer.start_as_current_span(name) as span:
         yield span
 

@@ -1,8 +1,9 @@
 """Trace spans around the engine's stages (tokenise, each forward pass), with the OpenTelemetry API only.
 
-Which SDK (if any) receives them is the serving process's business: without one the API's
-no-op tracer makes each span a function call, so spans are per call or per pass, never per
-pair, and their attributes are computed only while a span records.
+Which SDK (if any) receives them is the serving process's business. A span is made only inside
+a recording one (a traced request, or a batch serving one): with tracing off, and for work
+outside a request (the warm-up, the local CLI), the stage costs one look at the current span
+(~0.4 us) instead of a no-op span (~10 us). Spans are per call or per pass, never per pair.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ tracer = trace.get_tracer("nli_service.inference")
 def traced(
     name: str, attributes: Callable[P, Mapping[str, AttributeValue]]
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Run the decorated function in a span ``name`` whose attributes ``attributes`` derives from its arguments."""
+    """Run the decorated function in a span ``name`` (inside a recording span only), with the attributes
+    ``attributes`` derives from its arguments."""
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(function)
         def in_span(*args: P.args, **kwargs: P.kwargs) -> R:
-            with tracer.start_as_current_span(name) as span:
-                if span.is_recording():
-                    span.set_attributes(attributes(*args, **kwargs))
+            if not trace.get_current_span().is_recording():
+                return function(*args, **kwargs)
+            with tracer.start_as_current_span(name, attributes=attributes(*args, **kwargs)):
                 return function(*args, **kwargs)
 
         return in_span

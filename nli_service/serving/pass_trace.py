@@ -27,10 +27,11 @@ class QueueWait:
 
     def __init__(self) -> None:
         self.request = trace.get_current_span()  # the request's span: a pass's parent if it comes first
-        self.span = tracer.start_span("queue_wait")
-        self.request_id = current_request_id.get() if self.span.is_recording() else None
-        if self.request_id is not None:
-            self.span.set_attribute("nli.request_id", self.request_id)
+        self.span = trace.INVALID_SPAN  # a no-op unless the request is traced
+        self.request_id: str | None = None
+        if self.request.is_recording():
+            self.request_id = current_request_id.get()
+            self.span = tracer.start_span("queue_wait", attributes={"nli.request_id": self.request_id or ""})
         self._ended = False
 
     def end(self, error: BaseException | None = None, batch: trace.Span | None = None) -> None:
@@ -62,11 +63,14 @@ def _link_attributes(job: Waiting) -> dict[str, str | int]:
 def traced_pass(jobs: Sequence[Waiting]) -> Iterator[None]:
     """A ``batch`` span over one pass of ``jobs``, current while the engine runs it; ends their waits."""
     traced = [job.wait for job in jobs if job.wait.span.is_recording()]
-    if not traced:  # tracing off, or no request of this pass sampled: so are the engine's spans
-        with trace.use_span(jobs[0].wait.request):
-            yield
+    if not traced:  # tracing off, or no request of this pass sampled: no span below either
+        yield
         return
-    links = [trace.Link(job.wait.span.get_span_context(), _link_attributes(job)) for job in jobs]
+    links = [
+        trace.Link(job.wait.span.get_span_context(), _link_attributes(job))
+        for job in jobs
+        if job.wait.span.is_recording()
+    ]
     attributes = {"nli.batch.requests": len(jobs), "nli.pairs": sum(job.size for job in jobs)}
     parent = trace.set_span_in_context(traced[0].request)  # the oldest traced request
     with tracer.start_as_current_span("batch", context=parent, links=links, attributes=attributes) as span:
