@@ -178,13 +178,24 @@ def test_the_development_server_traces_requests_in_its_own_thread(
     services, model_dir: Path, tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
     env = service_env(
-        NLI_MODEL=model_dir, NLI_LOG_DIR=tmp_path, NLI_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY=50
+        NLI_MODEL=model_dir,
+        NLI_LOG_DIR=tmp_path,
+        NLI_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY=50,
+        NLI_PAIR_RATE_LIMIT="2/minute",
     )
     with services.running(DEV_SERVER, env) as service:
         sent = send(service.url, "/batch-predict", {"pairs": [unique_pair(f"owl{i}") for i in range(2)]}, "dev", 2)
-        wait_for(lambda: any(s.attributes.get("nli.request_id") == "dev" for s in receiver.spans()), 20, "spans")
-        wait_for(lambda: len(receiver.spans()) >= 5, 5, "the request's children")  # exported while it runs
+        limited = send(service.url, "/predict", unique_pair("elk"), "dev-limited", 1)  # over the 2 pairs a minute
+        assert (sent.status, limited.status) == (200, 429)
+        # Exported while the server runs (a 50 ms schedule delay); a request's children end, so leave, before it.
+        wait_for(
+            lambda: any(s.attributes.get("nli.request_id") == "dev-limited" for s in receiver.spans()), 20, "spans"
+        )
     spans = receiver.spans()
+    refused = request_span(spans, limited)
+    assert refused.error and "exception" in refused.events and refused.attributes["http.response.status_code"] == 429
+    assert child(spans, refused, "decode") and not children(spans, refused, "tokenise")
     request = assert_continues_the_callers_trace(spans, sent)
     assert request.resource["service.name"] == tracing.DEFAULT_SERVICE_NAME
     # No batcher: tokenise and the forward pass run in the request's thread, directly under its span.
