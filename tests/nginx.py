@@ -15,6 +15,8 @@ import requests
 from serving import PROJECT_ROOT, free_port
 
 SHIPPED = PROJECT_ROOT / "deploy" / "nginx" / "nli-service.conf"
+SHIPPED_REPLICAS = PROJECT_ROOT / "deploy" / "nginx" / "replicas.conf"
+REPLICAS_INCLUDE = "    include /etc/nginx/nli-service-replicas.conf;"
 
 
 def nginx_binary() -> str:
@@ -25,12 +27,14 @@ def nginx_binary() -> str:
 
 
 def render(upstream_ports: list[int], listen_port: int, access_log: Path | None = None) -> str:
-    """The shipped file with this test's replicas, port and access log (none by default): only the
-    server lines, listen and access_log change."""
+    """The shipped file with this test's replicas (deploy/nginx/replicas.conf's server line on their
+    ports, in place of the include), port and access log (none by default)."""
     text = SHIPPED.read_text()
-    servers = "".join(f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;\n" for port in upstream_ports)
-    text, replaced = re.subn(r"    server 127\.0\.0\.1:5000 [^\n]*\n", servers, text)
-    assert replaced == 1, "the shipped config's upstream line changed; update tests/nginx.py"
+    shipped_server = re.search(r"^server 127\.0\.0\.1:5000 (.*)$", SHIPPED_REPLICAS.read_text(), re.MULTILINE)
+    assert shipped_server, "deploy/nginx/replicas.conf's server line changed; update tests/nginx.py"
+    servers = "\n".join(f"    server 127.0.0.1:{port} {shipped_server[1]}" for port in upstream_ports)
+    assert text.count(REPLICAS_INCLUDE) == 1, "the shipped config's upstream changed; update tests/nginx.py"
+    text = text.replace(REPLICAS_INCLUDE, servers)
     text, replaced = re.subn(r"listen 8080;", f"listen 127.0.0.1:{listen_port};", text)
     assert replaced == 1
     log = "access_log off;" if access_log is None else f"access_log {access_log} nli_access;"
