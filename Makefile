@@ -27,9 +27,10 @@ dev: $(STAMP) ## development server: python app.py
 test: $(STAMP) test-services ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-test-services: ## the real components the tests drive (Debian's nginx, redis-server, chromium + chromium-driver; node with the CRD schemas of deploy/k8s, bubblewrap for its pod), installed when missing
+test-services: ## the real components the tests drive (Debian's nginx, redis-server, prometheus + promtool, chromium + chromium-driver; node with the CRD schemas of deploy/k8s, bubblewrap for its pod), installed when missing
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || ./scripts/install-debian-packages nginx
 	@command -v redis-server >/dev/null 2>&1 || ./scripts/install-debian-packages redis-server
+	@{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || ./scripts/install-debian-packages prometheus
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || ./scripts/install-debian-packages chromium chromium-driver
 	@command -v npm >/dev/null 2>&1 || ./scripts/install-debian-packages nodejs npm
 	@command -v bwrap >/dev/null 2>&1 || ./scripts/install-debian-packages bubblewrap

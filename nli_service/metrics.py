@@ -4,7 +4,8 @@ Under Gunicorn, ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before
 this module is imported: each process then writes its values to files there,
 and the exporter in the master (``server/metrics_exporter.py``) adds them up. Under
 ``python app.py`` the ordinary in-process registry is served instead. The API counts
-requests (``api/request_metrics.py``), the serving layer pairs and forward passes.
+requests (``api/request_metrics.py``), the serving layer pairs and forward passes, the
+server layer worker exits; the exporter adds each worker's memory at scrape time.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ RATE_LIMIT_STORE_ERRORS = Counter(
 )
 BORROWED_CORES = Counter("nli_borrowed_cores_passes", "Lone small passes run on idle workers' cores too")
 MODEL_LOAD_SECONDS = Gauge("nli_model_load_seconds", "Seconds taken to load the model", multiprocess_mode="max")
+MODEL_FALLBACK = Gauge(
+    "nli_model_fallback",
+    "1 while the bundled model serves in place of the default one (which could not be had), else 0",
+    multiprocess_mode="max",
+)
+# Exits are counted by the Gunicorn master, planned exits by the workers themselves: the
+# difference is the workers that died unasked (killed, out of memory, timed out, crashed).
+WORKER_EXITS = Counter("nli_worker_exits", "Gunicorn workers that exited, for any reason (counted by the master)")
+WORKER_PLANNED_EXITS = Counter(
+    "nli_worker_planned_exits",
+    "Gunicorn workers that exited because they were told to: recycled after NLI_MAX_REQUESTS, or stopped",
+)
 MODEL_INFO = Gauge(
     "nli_model_info",
     "Workers serving each model and version (version: the repository's, else a digest of the model's files)",

@@ -50,3 +50,13 @@ def test_without_a_bundled_model_the_failure_stands(offline_without_default, tmp
     monkeypatch.setenv("NLI_BUNDLED_MODEL_DIR", str(tmp_path / "missing"))
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache"):
         create_app({"NLI_LOG_DIR": str(tmp_path)})
+
+
+def test_the_fallback_shows_in_the_metrics(offline_without_default, tmp_path) -> None:
+    """nli_model_fallback (alert NLIFallbackModelServed): 1 while the bundled model stands in, else 0."""
+    from prometheus_client import REGISTRY
+
+    create_app({"NLI_LOG_DIR": str(tmp_path / "fallback")})
+    assert REGISTRY.get_sample_value("nli_model_fallback") == 1
+    create_app({"NLI_MODEL": "bundled", "NLI_LOG_DIR": str(tmp_path / "chosen")})
+    assert REGISTRY.get_sample_value("nli_model_fallback") == 0

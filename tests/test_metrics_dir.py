@@ -167,8 +167,9 @@ def test_a_hundred_recycled_workers_leave_bounded_files_and_exact_totals(tmp_pat
     assert report["bad"] == [], report["bad"][:3]
     assert len(report["ok"]) == RECYCLES
     # counter, histogram and the sum/max/min/mostrecent gauges: one archive file each, plus the
-    # master's own files (it made the metrics before forking: 6 gauges, 1 histogram) and the note
-    assert set(report["files"]) == {14}, report["files"]
+    # master's own files (it made the metrics before forking: 6 gauges, 1 histogram; child_exit's
+    # count of worker exits: 1 counter) and the note
+    assert set(report["files"]) == {15}, report["files"]
     assert sorted(name for name in os.listdir(metrics_dir) if "_archive" in name or name.endswith(".txt")) == [
         "counter_archive.db",
         "gauge_max_archive.db",

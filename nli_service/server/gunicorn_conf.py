@@ -35,3 +35,5 @@ pre_fork = hooks.pre_fork
 post_worker_init = hooks.post_worker_init
 pre_request = hooks.pre_request
 child_exit = hooks.child_exit
+worker_abort = hooks.worker_abort
+worker_exit = hooks.worker_exit

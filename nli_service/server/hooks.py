@@ -155,7 +155,8 @@ def when_ready(server: Any) -> None:
 
         ModelRollout(server, settings).install()  # new versions are rolled out, worker by worker
     if settings.metrics_port:
-        start_metrics_or_exit(settings)
+        # A copy: the arbiter's thread changes WORKERS while the exporter's threads read it.
+        start_metrics_or_exit(settings, worker_pids=lambda: list(server.WORKERS.copy()))
         server.log.info("metrics on %s:%s/metrics", settings.host, settings.metrics_port)
 
 
@@ -225,14 +226,39 @@ def _worker_failed_to_start(worker: Any, error: Exception) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master, when a worker dies: drop its live gauges, fold its counts into the metrics
-    archive files (the file count stays bounded however often workers recycle) and free its row
-    in the worker table."""
+    """In the master, when a worker dies: count it, drop its live gauges, fold its counts into the
+    metrics archive files (the file count stays bounded however often workers recycle) and free its
+    row in the worker table."""
+    from nli_service import metrics
     from nli_service.server.metrics_exporter import mark_worker_dead
     from nli_service.server.worker_table import TABLE
 
+    metrics.WORKER_EXITS.inc()
     try:
         mark_worker_dead(worker.pid)
     except Exception as error:  # noqa: BLE001 - the master must outlive any metrics trouble
         server.log.warning("metrics files of worker %s not archived: %s", worker.pid, error)
     TABLE.release(getattr(worker, "slot", None))  # only gthread's BalancedThreadWorker has one
+
+
+_aborted = False  # this worker was told to abort (Gunicorn's SIGABRT to a worker past its timeout)
+
+
+def worker_abort(worker: Any) -> None:
+    """In a worker Gunicorn is killing for silence: remembered, so its exit is not counted as planned."""
+    global _aborted
+    _aborted = True
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In a worker on its way out: count the exit as planned when it was told to go, recycled after
+    ``NLI_MAX_REQUESTS`` or stopped (SIGTERM, SIGINT, SIGQUIT). A worker that timed out, crashed,
+    failed to start or was killed (out of memory, kill -9: no hook runs) is not counted, so the
+    master's ``nli_worker_exits_total`` minus this is the workers that died unasked."""
+    if os.getpid() != worker.pid:  # Gunicorn also calls this in the master for a worker already gone
+        return
+    from nli_service import metrics
+
+    recycled = worker.nr >= worker.max_requests
+    if recycled or (not worker.alive and not _aborted):
+        metrics.WORKER_PLANNED_EXITS.inc()

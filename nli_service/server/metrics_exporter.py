@@ -27,11 +27,12 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.mmap_dict import MmapedDict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -86,13 +87,51 @@ class _MultiProcessFiles:
             return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
 
 
-def export_registry() -> CollectorRegistry:
-    """The registry to serve: all processes' files in multiprocess mode, else this process."""
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_memory_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` (Linux ``/proc``); None if it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class WorkerProcesses:
+    """The serving processes, looked at when scraped: how many are alive, and each one's resident
+    memory. prometheus-client's multiprocess mode exports no ``process_*`` metrics, and a worker
+    cannot report while it is busy or gone, so the exporter reads ``/proc`` itself."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self.pids = pids
+
+    def collect(self):
+        memory = GaugeMetricFamily(
+            "nli_worker_resident_memory_bytes", "Resident memory of each worker process", labels=["pid"]
+        )
+        alive = 0
+        for pid in sorted(self.pids()):
+            size = resident_memory_bytes(pid)
+            if size is not None:
+                alive += 1
+                memory.add_metric([str(pid)], size)
+        workers = GaugeMetricFamily("nli_workers", "Worker processes alive (serving or warming up)")
+        workers.add_metric([], alive)
+        return [workers, memory]
+
+
+def export_registry(worker_pids: Callable[[], Iterable[int]] | None = None) -> CollectorRegistry:
+    """The registry to serve: all processes' files in multiprocess mode, else this process's registry;
+    with ``worker_pids``, the workers' count and memory too."""
     path = multiprocess_dir()
-    if path is None:
+    if path is None and worker_pids is None:
         return REGISTRY
     registry = CollectorRegistry()
-    registry.register(_MultiProcessFiles(path))
+    registry.register(REGISTRY if path is None else _MultiProcessFiles(path))
+    if worker_pids is not None:
+        registry.register(WorkerProcesses(worker_pids))
     return registry
 
 
@@ -358,6 +397,9 @@ class MetricsServer:
         return "\r\n".join(lines_out).encode("latin-1") + body
 
 
-def start_exporter(port: int, host: str = "0.0.0.0") -> MetricsServer:
-    """Serve ``/metrics`` on ``port`` from background threads of this process (OSError if it cannot)."""
-    return MetricsServer(port, host, registry=export_registry()).start()
+def start_exporter(
+    port: int, host: str = "0.0.0.0", worker_pids: Callable[[], Iterable[int]] | None = None
+) -> MetricsServer:
+    """Serve ``/metrics`` on ``port`` from background threads of this process (OSError if it cannot);
+    ``worker_pids`` tells which processes serve requests (their count and memory are exported)."""
+    return MetricsServer(port, host, registry=export_registry(worker_pids)).start()

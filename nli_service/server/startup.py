@@ -8,9 +8,10 @@ stops instead of re-spawning workers that would fail the same way.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn, TypeVar
 
 from nli_service.config import ConfigError
@@ -44,12 +45,13 @@ def build_app():
     return or_exit(create_app)
 
 
-def start_metrics_or_exit(settings) -> None:
-    """Serve Prometheus metrics on NLI_METRICS_PORT, or exit with the reason (e.g. port taken)."""
+def start_metrics_or_exit(settings, worker_pids: Callable[[], Iterable[int]]) -> None:
+    """Serve Prometheus metrics on NLI_METRICS_PORT, or exit with the reason (e.g. port taken);
+    ``worker_pids`` names the processes that serve requests."""
     from nli_service.server import metrics_exporter
 
     try:
-        metrics_exporter.start_exporter(settings.metrics_port, settings.host)
+        metrics_exporter.start_exporter(settings.metrics_port, settings.host, worker_pids)
     except OSError as error:
         exit_on_startup_error(f"NLI_METRICS_PORT={settings.metrics_port} cannot be served: {error}")
 
@@ -63,7 +65,7 @@ def run_dev_server(app) -> None:
     prepare_worker(WorkerContext(threads=settings.torch_threads_for(workers=1), batching=False))
     start_tracing(settings)
     if settings.metrics_port:
-        start_metrics_or_exit(settings)
+        start_metrics_or_exit(settings, worker_pids=lambda: [os.getpid()])  # this process serves
     log.info("development server starting", extra={"host": settings.host, "port": settings.port})
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop cleanly, like Ctrl-C
     app.run(host=settings.host, port=settings.port, threaded=False, use_reloader=False, debug=False)

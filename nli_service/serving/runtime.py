@@ -110,6 +110,7 @@ def load_engine(settings: Settings) -> NLIEngine:
         engine = NLIEngine.from_pretrained(**spec.arguments())
         engine.observer = metrics.observe_forward
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
+        metrics.MODEL_FALLBACK.set(1 if engine.describe()["fallback"] else 0)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
         _engine, _engine_spec = engine, spec
         if _worker is not None:  # loaded inside a worker (no preload): start here
