@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test test-services test-fast lint bench profile train eval clean fuzz soak chaos k8s-lint
+.PHONY: install run dev test test-services test-fast lint bench profile train eval clean fuzz soak chaos image-test wheel-test k8s-lint
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,14 @@ lint: $(STAMP) ## ruff, the layer contracts of pyproject.toml (import-linter), h
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+
+image-test: $(STAMP) ## build the container image (podman, runc; a debootstrap base cached in build/image), run it read-only, classify, SIGTERM; ~2-6 min
+	@{ command -v podman && PATH="$$PATH:/usr/sbin" command -v runc && PATH="$$PATH:/usr/sbin" command -v debootstrap; } >/dev/null 2>&1 \
+		|| ./scripts/install-debian-packages podman runc debootstrap
+	$(BIN)/python -m release.image_test $(ARGS)
+
+wheel-test: $(STAMP) ## python -m build, install the wheel into a fresh venv, serve it from elsewhere with the hub offline (bundled fallback)
+	$(BIN)/python -m release.wheel_test $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
