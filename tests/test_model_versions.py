@@ -293,3 +293,38 @@ def test_a_new_version_rolls_out_worker_by_worker_and_a_broken_one_is_refused(
     assert metric_sum(samples, "nli_model_versions_refused_total", model=NAME, version="3") == 2
     assert "model version 2 of nli serves on every worker" in output
     print(f"/model flipped {flipped:.1f} s after version 2 appeared; both workers replaced after {replaced:.1f} s")
+
+
+# -- the parts the master relies on ---------------------------------------------------------
+
+
+def test_a_worker_counts_as_ready_once_it_said_so_under_its_own_age_and_pid() -> None:
+    from nli_service.server.worker_table import WorkerTable
+
+    table = WorkerTable(slots=4)
+    assert not table.is_ready(5, 100)
+    table.mark_ready(5, 100)
+    assert table.is_ready(5, 100)
+    assert not table.is_ready(5, 101) and not table.is_ready(6, 100)
+    table.mark_ready(9, 200)  # age 9 shares age 5's row: the newer worker's pid replaces the older one's
+    assert table.is_ready(9, 200) and not table.is_ready(5, 100)
+
+
+def wait_for_verdict(check) -> str | None:
+    wait_for(check.finished, timeout=120, what="the version check")
+    return check.failure()
+
+
+def test_the_version_check_passes_a_good_version_and_says_why_a_broken_one_fails(
+    repository: Path, model_dir: Path
+) -> None:
+    from nli_service.serving.version_check import VersionCheck
+
+    [first, second] = versions(str(repository), NAME)
+    break_labels(second.path)
+    (first.path / "model.safetensors").unlink()
+    add_version(repository, 3, model_dir)
+    good = versions(str(repository), NAME)[-1]
+    assert wait_for_verdict(VersionCheck(good)) is None
+    assert "cannot load model" in (wait_for_verdict(VersionCheck(first)) or "")
+    assert "not exactly" in (wait_for_verdict(VersionCheck(second)) or "")
