@@ -2,8 +2,9 @@
 
 The rollout test is the proof the issue asks for: a client loop runs throughout while a second
 version (its labels in another order, so every answer tells which version gave it) is dropped
-into the repository, then a broken third one; no request fails, no answer mixes versions, the
-second version takes over worker by worker and the broken one is refused.
+into the repository, then a broken third one, then the second is deleted; no request fails, no
+answer mixes versions, the second version takes over worker by worker, the broken one is refused
+(again on SIGHUP) and the first one comes back once the second is withdrawn.
 """
 
 from __future__ import annotations
@@ -220,11 +221,18 @@ def answered_by(scores: dict[str, float], by_version: dict[str, dict[str, float]
     return None
 
 
+def only_version_serves(service, version: str) -> bool:
+    """Every worker serves ``version`` (nli_model_info counts live workers by version)."""
+    samples = scrape(service.metrics_url)
+    serving = {key for key, value in samples.items() if key.startswith("nli_model_info{") and value > 0}
+    return metric_sum(samples, "nli_model_info", version=version) == 2 and len(serving) == 1
+
+
 def model_version_of(service) -> int | None:
     return requests.get(f"{service.url}/model", timeout=10).json()["model_version"]
 
 
-def test_a_new_version_rolls_out_worker_by_worker_and_a_broken_one_is_refused(
+def test_a_new_version_rolls_out_worker_by_worker_a_broken_one_is_refused_a_withdrawn_one_rolls_back(
     services, tmp_path: Path, constant_model_dir: Path, reordered_model_dir: Path
 ) -> None:
     repository = tmp_path / "repository"
@@ -251,13 +259,7 @@ def test_a_new_version_rolls_out_worker_by_worker_and_a_broken_one_is_refused(
             wait_for(lambda: model_version_of(service) == 2, timeout=60, what="/model reporting version 2")
             flipped = time.monotonic() - dropped
 
-            def only_version_2_serves() -> bool:
-                samples = scrape(service.metrics_url)
-                return metric_sum(samples, "nli_model_info", version="2") == 2 and not metric_sum(
-                    samples, "nli_model_info", version="1"
-                )
-
-            wait_for(only_version_2_serves, timeout=60, what="both workers on version 2")
+            wait_for(lambda: only_version_serves(service, "2"), timeout=60, what="both workers on version 2")
             replaced = time.monotonic() - dropped
             answers_before_broken = len(loop.answers)
 
@@ -271,11 +273,16 @@ def test_a_new_version_rolls_out_worker_by_worker_and_a_broken_one_is_refused(
             service.process.send_signal(signal.SIGHUP)  # looks again, re-checking the refused version
             wait_for(lambda: refused_versions() == [3, 3], timeout=60, what="version 3 checked again on SIGHUP")
             wait_for(lambda: len(loop.answers) > answers_before_broken + 10, timeout=30, what="answers after")
+            model = requests.get(f"{service.url}/model", timeout=10).json()
+
+            answers_before_rollback = len(loop.answers)
+            shutil.rmtree(repository / NAME / "2")  # the served version withdrawn: back to the highest one left
+            wait_for(lambda: only_version_serves(service, "1"), timeout=60, what="both workers back on version 1")
+            wait_for(lambda: len(loop.answers) > answers_before_rollback + 10, timeout=30, what="answers after")
         finally:
             loop.stop.set()
             for client in clients:
                 client.join(timeout=60)
-        model = requests.get(f"{service.url}/model", timeout=10).json()
         samples = scrape(service.metrics_url)
         output = service.output()
 
@@ -286,12 +293,14 @@ def test_a_new_version_rolls_out_worker_by_worker_and_a_broken_one_is_refused(
         answered = {answered_by(result["scores"], by_version) for result in results}
         assert answered == {header}, (header, body)  # every answer wholly from the version it names
         versions_seen.append(header)
-    assert versions_seen[0] == "1" and versions_seen[-1] == "2"
-    assert "1" not in versions_seen[answers_before_broken:]  # version 2 served on through the broken one
+    assert versions_seen[0] == "1" and versions_seen[-1] == "1"
+    assert "2" in versions_seen[:answers_before_broken]
+    assert "1" not in versions_seen[answers_before_broken:answers_before_rollback]  # 2 served on through 3
     assert model["model_version"] == 2
     assert "not exactly" in model["repository"]["refused"][-1]["reason"]
     assert metric_sum(samples, "nli_model_versions_refused_total", model=NAME, version="3") == 2
     assert "model version 2 of nli serves on every worker" in output
+    assert "model version 1 of nli serves on every worker" in output
     print(f"/model flipped {flipped:.1f} s after version 2 appeared; both workers replaced after {replaced:.1f} s")
 
 
