@@ -1,4 +1,5 @@
-"""``nli-service``: serve, classify one pair, zero-shot a text, or stream a JSONL file through the service.
+"""``nli-service``: serve, classify one pair, zero-shot a text, verify claims against a document, or stream a
+JSONL file through the service.
 
 Exit codes: 0 done; 1 some rows of a batch failed (each reported in the output; after
 ``--resume``, which redoes failed rows, those that failed again);
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -90,6 +92,16 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
             ["zero-shot", args.text, *labels, "--template", template, *(["--multi-label"] * args.multi_label)]
         )
     _print(_client(args).zero_shot(args.text, labels, template, args.multi_label))
+    return OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    document_file = args.document
+    if not args.url:
+        return _local(["verify", str(document_file), *args.claim])
+    with _open(document_file, "r") as file:
+        document = file.read()
+    print(json.dumps([asdict(verdict) for verdict in _client(args).verify(document, args.claim)], indent=2))
     return OK
 
 
@@ -383,6 +395,12 @@ def parser() -> argparse.ArgumentParser:
     zero_shot.add_argument("--multi-label", action="store_true")
     with_url(zero_shot)
     zero_shot.set_defaults(run=cmd_zero_shot)
+
+    verify = commands.add_parser("verify", help="check claims against a whole document (read in windows; POST /verify)")
+    verify.add_argument("document", type=_input_file, help="a UTF-8 text file: the document")
+    verify.add_argument("--claim", action="append", required=True, help="a claim to check (repeat for more)")
+    with_url(verify)
+    verify.set_defaults(run=cmd_verify)
 
     batch = commands.add_parser("batch", help="stream a JSONL file of pairs (or texts with --labels)")
     batch.add_argument(

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from nli_service.inference.types import DEFAULT_TEMPLATE, ZeroShotResult
+from nli_service.inference.types import DEFAULT_TEMPLATE, Span, Verdict, ZeroShotResult
 from nli_service.inference.types import Prediction as PredictResult
 
 RETRIED_STATUSES = {429, 502, 503, 504}
@@ -103,8 +103,21 @@ def _zero_shot_body(text: str | Sequence[str], labels: Sequence[str], template: 
 
 def _zero_shot_results(text: str | Sequence[str], body: dict) -> ZeroShotResult | list[ZeroShotResult]:
     if isinstance(text, str):
-        return ZeroShotResult(body["labels"], body["scores"])
-    return [ZeroShotResult(r["labels"], r["scores"]) for r in body["results"]]
+        return ZeroShotResult(body["labels"], body["scores"], body.get("truncated", False))
+    return [ZeroShotResult(r["labels"], r["scores"], r.get("truncated", False)) for r in body["results"]]
+
+
+def _prediction(body: dict) -> PredictResult:
+    return PredictResult(body["label"], body["scores"], body.get("truncated", False))
+
+
+def _verdicts(body: dict) -> list[Verdict]:
+    return [
+        Verdict(
+            r["label"], r["scores"], r["truncated"], Span(**{k: r["evidence"][k] for k in ("start", "end", "text")})
+        )
+        for r in body["results"]
+    ]
 
 
 T = TypeVar("T")
@@ -319,8 +332,7 @@ class NLIClient(_ClientSettings):
         return ModelInfo.from_json(self._call("GET", "/model"))
 
     def predict(self, premise: str, hypothesis: str) -> PredictResult:
-        body = self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis})
-        return PredictResult(body["label"], body["scores"])
+        return _prediction(self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis}))
 
     def max_pairs(self) -> int:
         if self._max_pairs is None:
@@ -334,7 +346,7 @@ class NLIClient(_ClientSettings):
         for start in range(0, len(pairs), size):
             chunk = [_pair_json(pair) for pair in pairs[start : start + size]]
             body = self._call("POST", "/batch-predict", {"pairs": chunk})
-            results += [PredictResult(r["label"], r["scores"]) for r in body["results"]]
+            results += [_prediction(r) for r in body["results"]]
         return results
 
     def zero_shot(
@@ -347,6 +359,10 @@ class NLIClient(_ClientSettings):
         """Rank ``labels`` for ``text`` (a string: one result; a list of texts: a list)."""
         body = self._call("POST", "/zero-shot", _zero_shot_body(text, labels, hypothesis_template, multi_label))
         return _zero_shot_results(text, body)
+
+    def verify(self, document: str, claims: Sequence[str]) -> list[Verdict]:
+        """Check each claim against the whole ``document``: label, scores and evidence span, in order."""
+        return _verdicts(self._call("POST", "/verify", {"document": document, "claims": list(claims)}))
 
     def submit(
         self,
@@ -418,8 +434,7 @@ class AsyncNLIClient(_ClientSettings):
         return ModelInfo.from_json(await self._call("GET", "/model"))
 
     async def predict(self, premise: str, hypothesis: str) -> PredictResult:
-        body = await self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis})
-        return PredictResult(body["label"], body["scores"])
+        return _prediction(await self._call("POST", "/predict", {"premise": premise, "hypothesis": hypothesis}))
 
     async def batch_predict(self, pairs: Sequence[PairLike], chunk_size: int | None = None) -> list[PredictResult]:
         if chunk_size is None:
@@ -428,7 +443,7 @@ class AsyncNLIClient(_ClientSettings):
             chunk_size = self._max_pairs
         chunks = [[_pair_json(p) for p in pairs[i : i + chunk_size]] for i in range(0, len(pairs), chunk_size)]
         bodies = await asyncio.gather(*(self._call("POST", "/batch-predict", {"pairs": c}) for c in chunks))
-        return [PredictResult(r["label"], r["scores"]) for body in bodies for r in body["results"]]
+        return [_prediction(r) for body in bodies for r in body["results"]]
 
     async def zero_shot(
         self,
@@ -439,3 +454,7 @@ class AsyncNLIClient(_ClientSettings):
     ) -> ZeroShotResult | list[ZeroShotResult]:
         body = await self._call("POST", "/zero-shot", _zero_shot_body(text, labels, hypothesis_template, multi_label))
         return _zero_shot_results(text, body)
+
+    async def verify(self, document: str, claims: Sequence[str]) -> list[Verdict]:
+        """Check each claim against the whole ``document``: label, scores and evidence span, in order."""
+        return _verdicts(await self._call("POST", "/verify", {"document": document, "claims": list(claims)}))

@@ -215,6 +215,12 @@ class Settings:
         _positive_int,
         "zero-shot: most characters of model input, texts x labels x (text + hypothesis) (more: 413)",
     )
+    verify_window_sentences: int = _setting(
+        "NLI_VERIFY_WINDOW_SENTENCES",
+        "1",
+        _positive_int,
+        "/verify: most sentences per document window (windows of several overlap by one sentence)",
+    )
     malloc_arenas: int = _setting(
         "NLI_MALLOC_ARENAS",
         "2",

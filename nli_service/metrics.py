@@ -26,6 +26,9 @@ BATCH_TOKENS = Histogram(
     "nli_batch_padded_tokens", "Padded tokens per forward pass", buckets=(64, 256, 1024, 2048, 4096, 8192, 16384)
 )
 PAIRS = Counter("nli_pairs", "Pairs scored (by /predict, /batch-predict and /zero-shot)")
+TRUNCATED_PAIRS = Counter(
+    "nli_truncated_pairs", "Pairs cut to fit the model's max_length: the end of their premise was not read"
+)
 PREDICTED_LABELS = Counter("nli_predicted_label", "Predicted labels", ["label"])
 IN_FLIGHT = Gauge("nli_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
 QUEUED_PAIRS = Gauge(

@@ -383,6 +383,63 @@ class ZeroShotRequest(_Request):
         return len(self.labels) * sum(len(text) for text in texts) + len(texts) * statements
 
 
+class VerifyRequest(_Request):
+    """Claims checked against one long document, read in overlapping windows that fit the model."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "document": "The museum opened in 1902. It was closed for repairs in 2019. "
+                    "Since 2021 it has been open every day except Monday.",
+                    "claims": ["The museum is open on Sundays.", "The museum never closed."],
+                }
+            ]
+        }
+    )
+
+    document: Text = Field(description="The source text: any length up to the body and expanded-input limits.")
+    claims: list[Text] = Field(min_length=1, description="Statements to check against the document.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _claim_count(cls, data: Any, info: ValidationInfo) -> Any:
+        """The number of claims, checked before any claim (a huge list fails fast)."""
+        claims = data.get("claims") if isinstance(data, dict) else None
+        if isinstance(claims, list):
+            if not claims:
+                raise _fail("claims must hold at least one claim")
+            limit = _limits(info).max_pairs
+            if limit is not None and len(claims) > limit:  # one pair per claim at least
+                raise _fail(f"{len(claims)} claims is more than the limit of {limit} pairs per request", 413)
+        return data
+
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo) -> VerifyRequest:
+        limit = _limits(info).max_expanded_chars
+        chars = self.expanded_chars()
+        if limit is not None and chars > limit:
+            raise _fail(
+                f"{len(self.claims)} claims x a document of {len(self.document)} characters expand to at least "
+                f"{chars} characters of model input (the document once per claim, with the claim), more than the "
+                f"limit of {limit} (NLI_MAX_EXPANDED_CHARS); send a shorter document or fewer claims",
+                413,
+            )
+        return self
+
+    def expanded_chars(self) -> int:
+        """The least the tokenizer gets: the whole document once per claim, plus the claim with each window."""
+        return len(self.claims) * len(self.document) + sum(len(claim) for claim in self.claims)
+
+
+def windows_limit_message(windows: int, claims: int, limit: int) -> str:
+    """Why a document read in ``windows`` windows with ``claims`` claims is over ``NLI_MAX_PAIRS`` (413)."""
+    return (
+        f"the document is read in {windows} windows; {windows} windows x {claims} claims is {windows * claims} pairs, "
+        f"more than the limit of {limit} pairs per request (NLI_MAX_PAIRS); send a shorter document or fewer claims"
+    )
+
+
 # -- responses ------------------------------------------------------------------------
 
 _SCORES_EXAMPLE = {"contradiction": 0.0012, "entailment": 0.9871, "neutral": 0.0117}
@@ -394,13 +451,22 @@ class Prediction(BaseModel):
 
     label: str = Field(description="The most probable label, lower case, as the model's config.id2label names it.")
     scores: dict[str, float] = Field(description="Probability of each of the model's labels.")
+    truncated: bool = Field(
+        description="True when the pair was longer than the model's max_length and the premise was cut: "
+        "the model did not read its end (use POST /verify for long documents)."
+    )
 
 
 class PredictResponse(Prediction):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"label": "entailment", "scores": _SCORES_EXAMPLE, "model": "cross-encoder/nli-distilroberta-base"}
+                {
+                    "label": "entailment",
+                    "scores": _SCORES_EXAMPLE,
+                    "truncated": False,
+                    "model": "cross-encoder/nli-distilroberta-base",
+                }
             ]
         }
     )
@@ -414,10 +480,11 @@ class BatchPredictResponse(BaseModel):
             "examples": [
                 {
                     "results": [
-                        {"label": "entailment", "scores": _SCORES_EXAMPLE},
+                        {"label": "entailment", "scores": _SCORES_EXAMPLE, "truncated": False},
                         {
                             "label": "contradiction",
                             "scores": {"contradiction": 0.97, "entailment": 0.01, "neutral": 0.02},
+                            "truncated": True,
                         },
                     ],
                     "model": "cross-encoder/nli-distilroberta-base",
@@ -435,6 +502,7 @@ class ZeroShotResult(BaseModel):
 
     labels: list[str]
     scores: list[float]
+    truncated: bool = Field(description="True when the text was cut to fit the model's max_length.")
 
 
 class ZeroShotResponse(ZeroShotResult):
@@ -446,6 +514,7 @@ class ZeroShotResponse(ZeroShotResult):
                 {
                     "labels": ["technology", "politics", "sports"],
                     "scores": [0.91, 0.05, 0.04],
+                    "truncated": False,
                     "model": "cross-encoder/nli-distilroberta-base",
                 }
             ]
@@ -463,8 +532,8 @@ class ZeroShotBatchResponse(BaseModel):
             "examples": [
                 {
                     "results": [
-                        {"labels": ["sports", "politics"], "scores": [0.93, 0.07]},
-                        {"labels": ["politics", "sports"], "scores": [0.88, 0.12]},
+                        {"labels": ["sports", "politics"], "scores": [0.93, 0.07], "truncated": False},
+                        {"labels": ["politics", "sports"], "scores": [0.88, 0.12], "truncated": False},
                     ],
                     "model": "cross-encoder/nli-distilroberta-base",
                 }
@@ -473,6 +542,57 @@ class ZeroShotBatchResponse(BaseModel):
     )
 
     results: list[ZeroShotResult]
+    model: str = _MODEL_FIELD
+
+
+class Evidence(BaseModel):
+    """The window of the document that decided a claim: ``document[start:end] == text``."""
+
+    start: int = Field(description="Offset of the window's first character in the document (Unicode code points).")
+    end: int = Field(description="Offset just past the window's last character.")
+    text: str
+
+
+class ClaimResult(Prediction):
+    """One claim's result: the deciding window's label, scores and truncated flag, and that window."""
+
+    evidence: Evidence
+
+
+class VerifyResponse(BaseModel):
+    """One result per claim, in input order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "label": "entailment",
+                            "scores": {"contradiction": 0.01, "entailment": 0.93, "neutral": 0.06},
+                            "truncated": False,
+                            "evidence": {
+                                "start": 62,
+                                "end": 114,
+                                "text": "Since 2021 it has been open every day except Monday.",
+                            },
+                        },
+                        {
+                            "label": "contradiction",
+                            "scores": {"contradiction": 0.95, "entailment": 0.01, "neutral": 0.04},
+                            "truncated": False,
+                            "evidence": {"start": 27, "end": 61, "text": "It was closed for repairs in 2019."},
+                        },
+                    ],
+                    "windows": 1,
+                    "model": "cross-encoder/nli-distilroberta-base",
+                }
+            ]
+        }
+    )
+
+    results: list[ClaimResult] = Field(description="One result per claim, in input order.")
+    windows: int = Field(description="How many windows the document was read in.")
     model: str = _MODEL_FIELD
 
 
@@ -617,12 +737,13 @@ class ModelInfo(BaseModel):
     cache: CacheInfo = Field(description="The result cache (pairs answered before are not computed again).")
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, BatchPredictRequest, ZeroShotRequest)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, BatchPredictRequest, ZeroShotRequest, VerifyRequest)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     PredictResponse,
     BatchPredictResponse,
     ZeroShotResponse,
     ZeroShotBatchResponse,
+    VerifyResponse,
     ErrorResponse,
     HealthResponse,
     ReadyResponse,

@@ -31,7 +31,7 @@ def assert_json_error(response, status: int) -> dict:
 
 def test_predict_returns_label_scores_and_model(client, model_dir: Path) -> None:
     body = client.post("/predict", json=PAIR).get_json()
-    assert set(body) == {"label", "scores", "model"}
+    assert set(body) == {"label", "scores", "truncated", "model"}
     assert set(body["scores"]) == set(NLI_LABELS)
     assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["label"] == max(body["scores"], key=body["scores"].get)
@@ -150,7 +150,7 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_the_request_id(clien
     def explode(pairs, deadline=None):
         raise RuntimeError("secret internal detail at /srv/nli_service/engine.py")
 
-    monkeypatch.setattr(engine_of(client.application), "logits", explode)  # under predict and the cache
+    monkeypatch.setattr(engine_of(client.application), "scores", explode)  # under predict and the cache
     response = client.post("/predict", json=PAIR, headers={"X-Request-ID": "trace-500"})
     body = assert_json_error(response, 500)
     assert "secret" not in body["error"] and body["request_id"] == "trace-500"

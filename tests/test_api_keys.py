@@ -139,7 +139,7 @@ def test_the_openapi_document_says_which_operations_need_a_key(app, make_app) ->
     validate(document)
     paths = document["paths"]
     keyed = {path for path, item in paths.items() for operation in item.values() if operation.get("security")}
-    assert keyed == {"/predict", "/batch-predict", "/zero-shot", "/model"}
+    assert keyed == {"/predict", "/batch-predict", "/zero-shot", "/verify", "/model"}
     assert all("401" in paths[path][next(iter(paths[path]))]["responses"] for path in keyed)
     open_document = make_app().test_client().get("/openapi.json").get_json()
     assert not any(op.get("security") for item in open_document["paths"].values() for op in item.values())

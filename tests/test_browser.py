@@ -191,6 +191,27 @@ def test_an_empty_premise_shows_the_apis_400_message_next_to_the_field(browser, 
     assert browser.find_element(By.ID, "pair-result").find_elements(By.CLASS_NAME, "bar-row") == []
 
 
+def test_the_document_form_shows_each_claims_label_bars_and_evidence_as_the_api_does(browser, tiny_server) -> None:
+    document = "A man is playing a guitar. Two dogs are running in the park."  # 2 windows x 2 claims: 4 pairs
+    claims = ["A person plays music.", "The dogs are sleeping."]
+    open_demo(browser, tiny_server.url)
+    fill(browser, "verify-document", document)
+    fill(browser, "verify-claims", "\n".join(claims))
+    submit(browser, "verify-form")
+    result = browser.find_element(By.ID, "verify-result")
+    wait(browser, lambda _: len(result.find_elements(By.CLASS_NAME, "claim")) == 2)
+
+    api = requests.post(f"{tiny_server.url}/verify", json={"document": document, "claims": claims}, timeout=10).json()
+    for shown, expected in zip(result.find_elements(By.CLASS_NAME, "claim"), api["results"], strict=True):
+        assert shown.find_element(By.CLASS_NAME, "answer").text == expected["label"]
+        assert_bars_match(bars(browser, shown), expected["scores"])
+        evidence = shown.find_element(By.CLASS_NAME, "evidence")
+        assert evidence.text == expected["evidence"]["text"]
+        assert int(evidence.get_attribute("data-start")) == expected["evidence"]["start"]
+    assert f"read in {api['windows']} windows" in result.text
+    assert csp_violations(browser) == []
+
+
 def test_the_batch_box_takes_csv_and_jsonl_up_to_max_pairs_and_offers_the_results(browser, tiny_server) -> None:
     open_demo(browser, tiny_server.url)
     rows = [(PAIR["premise"], PAIR["hypothesis"]), ("A dog sleeps, curled up.", 'The "dog" is running.')]

@@ -16,7 +16,7 @@ from fuzz import api, validation
 from fuzz.service import fuzz_service
 from nli_service import create_app
 
-POST_EXAMPLES = 25  # per POST operation and mode: 3 x 2 x 25 = 150
+POST_EXAMPLES = 25  # per POST operation and mode: 4 x 2 x 25 = 200
 GET_EXAMPLES = 15  # per GET operation and mode: 4 x 2 x 15 = 120
 VALIDATION_EXAMPLES = 150  # per route
 SEED = 20261202  # the short runs are the same every time; `make fuzz` draws a new seed
@@ -55,6 +55,7 @@ def test_schemathesis_over_every_operation_finds_no_failure_and_no_worker_dies(f
         "POST /predict",
         "POST /batch-predict",
         "POST /zero-shot",
+        "POST /verify",
         "GET /health",
         "GET /ready",
         "GET /model",
@@ -62,7 +63,7 @@ def test_schemathesis_over_every_operation_finds_no_failure_and_no_worker_dies(f
     }
     for label, modes in report.modes.items():
         assert modes["positive"] > 0 and modes["negative"] > 0, (label, modes)
-    for label in ("POST /predict", "POST /batch-predict", "POST /zero-shot"):  # both answers were exercised
+    for label in ("POST /predict", "POST /batch-predict", "POST /zero-shot", "POST /verify"):  # both answers seen
         assert report.statuses[label][200] > 0 and report.statuses[label][400] > 0, summary
 
 
@@ -99,7 +100,7 @@ def test_the_validation_layer_answers_any_body_with_a_documented_status_and_shap
         (400, '{"error": "Traceback (most recent call last):", "status": 400, "request_id": "r"}', "Traceback"),
         (400, '{"error": "in /srv/nli_service/api/x.py", "status": 400, "request_id": "r"}', "/nli_service/"),
         (200, '{"label": "entailment", "scores": {"entailment": 1.0}}', "PredictResponse"),
-        (200, '{"label": "x", "scores": {"entailment": 1.0}, "model": "m"}', "has no score"),
+        (200, '{"label": "x", "scores": {"entailment": 1.0}, "truncated": false, "model": "m"}', "has no score"),
     ],
 )
 def test_the_properties_catch_what_they_are_meant_to(status: int, answer: str, problem: str) -> None:

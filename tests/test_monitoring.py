@@ -278,3 +278,20 @@ def test_workers_memory_and_planned_and_unplanned_exits_are_exported(model_dir: 
         }
         assert set(memory) == worker_pids(master) and victim not in memory
         assert all(value > 50 * 2**20 for value in memory.values())  # torch alone is more
+
+
+def test_the_dev_server_exports_its_own_memory_beside_the_service_metrics() -> None:
+    """Without Gunicorn (``python app.py``) the one process is the worker: its registry plus its memory;
+    a process that is gone is left out."""
+    from prometheus_client import generate_latest
+
+    import nli_service.metrics  # noqa: F401 - the service's metrics, registered as the app does
+    from nli_service.server.metrics_exporter import export_registry
+
+    gone = 2**22 + 1  # above Linux's largest pid
+    text = generate_latest(export_registry(lambda: [os.getpid(), gone])).decode()
+    samples = {sample.name: sample for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert samples["nli_workers"].value == 1
+    memory = samples["nli_worker_resident_memory_bytes"]
+    assert memory.labels == {"pid": str(os.getpid())} and memory.value > 50 * 2**20
+    assert "nli_request_latency_seconds" in text and "nli_pairs_total" in samples

@@ -12,7 +12,7 @@ from nli_service.config import Settings
 from nli_service.schemas import MAX_ZERO_SHOT_LABELS
 
 PAIR = {"premise": "A man is playing a guitar.", "hypothesis": "A person plays music."}
-POSTS = ("/predict", "/batch-predict", "/zero-shot")
+POSTS = ("/predict", "/batch-predict", "/zero-shot", "/verify")
 
 
 @pytest.fixture
@@ -66,6 +66,7 @@ def test_the_document_is_valid_openapi_3_1(document: dict) -> None:
         "/predict",
         "/batch-predict",
         "/zero-shot",
+        "/verify",
         "/health",
         "/ready",
         "/model",
@@ -169,6 +170,8 @@ def test_real_responses_validate_against_the_documented_schemas(client, make_app
         ("/batch-predict", "post", {"json": {"premises": ["a"], "hypotheses": ["b"]}}, 200),
         ("/zero-shot", "post", {"json": {"text": "x", "labels": ["a", "b"]}}, 200),
         ("/zero-shot", "post", {"json": {"texts": ["x", "y"], "labels": ["a", "b"], "multi_label": True}}, 200),
+        ("/verify", "post", {"json": {"document": "A dog runs. A cat sleeps.", "claims": ["x"]}}, 200),
+        ("/verify", "post", {"json": {"document": "A dog runs.", "claims": [""]}}, 400),
         ("/health", "get", {}, 200),
         ("/ready", "get", {}, 200),
         ("/model", "get", {}, 200),

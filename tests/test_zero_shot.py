@@ -74,7 +74,7 @@ def test_zero_shot_endpoint_single_and_many(client, engine) -> None:
     single = client.post("/zero-shot", json={"text": TEXTS[0], "labels": LABELS, "hypothesis_template": TEMPLATE})
     assert single.status_code == 200, single.get_data(as_text=True)
     body = single.get_json()
-    assert set(body) == {"labels", "scores", "model"}
+    assert set(body) == {"labels", "scores", "truncated", "model"}
     expected = classify(engine, TEXTS[:1], LABELS, TEMPLATE)[0]
     assert body["labels"] == expected.labels and body["scores"] == pytest.approx(expected.scores, abs=1e-6)
     many = client.post("/zero-shot", json={"texts": TEXTS, "labels": LABELS, "multi_label": True}).get_json()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from training import charts as charts_module
-from training import nli_data
+from training import document_eval, nli_data
 from training.nli_data import NLI_LABELS, Example, VotedExample
 
 Scores = list[dict[str, float]]
@@ -293,11 +293,11 @@ def render(model: str, results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_between_markers(path: Path, table: str) -> None:
+def write_between_markers(path: Path, table: str, start: str = START, end: str = END) -> None:
     text = path.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1]
         path.write_text(text)
 
 
@@ -318,7 +318,17 @@ def main() -> None:
     parser.add_argument(
         "--charts", type=Path, help="folder of the PNGs (default: docs/images with --write-card, else training/runs)"
     )
+    parser.add_argument(
+        "--documents", type=int, default=30, help="documents of 30 SNLI test premises for /verify's row (0: none)"
+    )
+    parser.add_argument(
+        "--document-max-length", type=int, default=256, help="max_length of the document row (30 premises: ~420 tokens)"
+    )
+    parser.add_argument("--only-documents", action="store_true", help="only the document row (truncation vs windows)")
     args = parser.parse_args()
+    if args.only_documents:
+        _document_row(args, None)
+        return
 
     names = [name for name in args.sets.split(",") if name]
     if args.url:
@@ -351,6 +361,21 @@ def main() -> None:
         )
         write_between_markers(card, f"{table}\n\n{images}")
         write_between_markers(PROJECT_ROOT / "README.md", table)
+    if args.documents:
+        _document_row(args, results["sets"].get("snli_test", {}).get("accuracy"))
+
+
+def _document_row(args: argparse.Namespace, snli_accuracy: float | None) -> None:
+    """The claims-against-documents row (training/document_eval.py), printed and, with --write-card, in the card."""
+    results = document_eval.run(args.model, args.documents, args.document_max_length, args.batch_size)
+    section = document_eval.render(results, snli_accuracy)
+    print("\n" + section)
+    if args.json:
+        args.json.with_suffix(".documents.json").write_text(json.dumps(results, indent=2))
+    if args.write_card:
+        from nli_service.inference.loader import bundled_model_dir
+
+        write_between_markers(bundled_model_dir() / "README.md", section, document_eval.START, document_eval.END)
 
 
 if __name__ == "__main__":

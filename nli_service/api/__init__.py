@@ -1,7 +1,7 @@
 """The HTTP API: the Flask app, one blueprint per module, the request schemas and the error layer.
 
 A request goes: ``auth`` (its API key, when keys are on) and ``rate_limit`` (its client's
-request budget) -> a blueprint (``predict``, ``zero_shot``, ``health``) -> ``payloads`` (decode
+request budget) -> a blueprint (``predict``, ``zero_shot``, ``verify``, ``health``) -> ``payloads`` (decode
 and validate the body; then the pair budget) -> ``service`` (this process's
 ``serving.NLIService``) -> back out through ``payloads``; ``errors`` turns every failure into
 JSON. The pages are blueprints too: ``demo`` (``/``) and ``docs`` (``/docs``, Swagger UI). Nothing here
@@ -31,6 +31,7 @@ from nli_service.api import (
     request_metrics,
     request_trace,
     service,
+    verify,
     zero_shot,
 )
 from nli_service.config import Settings
@@ -62,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     service.init_app(app)
     app.register_blueprint(predict.bp)
     app.register_blueprint(zero_shot.bp)
+    app.register_blueprint(verify.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)

@@ -73,6 +73,12 @@ def _component_schemas(settings: Settings) -> dict[str, JsonObject]:
         f"texts x labels x (text + hypothesis), at most {settings.max_expanded_chars} characters "
         "(NLI_MAX_EXPANDED_CHARS): more is 413."
     )
+    verify = components["VerifyRequest"]
+    verify["properties"]["claims"]["maxItems"] = max_pairs
+    verify["description"] += (
+        f" Windows x claims is at most {max_pairs} pairs (NLI_MAX_PAIRS), and claims x (document + claim) at most "
+        f"{settings.max_expanded_chars} characters (NLI_MAX_EXPANDED_CHARS): more is 413."
+    )
     return components
 
 
@@ -110,7 +116,8 @@ def _error_responses(settings: Settings) -> dict[str, JsonObject]:
         ),
         "TooLarge": _error(
             f"The body is over NLI_MAX_BODY_BYTES ({settings.max_body_bytes} bytes), or the request holds more "
-            f"than NLI_MAX_PAIRS ({settings.max_pairs}) pairs (zero-shot: texts x labels), or a zero-shot request "
+            f"than NLI_MAX_PAIRS ({settings.max_pairs}) pairs (zero-shot: texts x labels; verify: windows x claims), "
+            "or a zero-shot or verify request "
             f"expands to more than NLI_MAX_EXPANDED_CHARS ({settings.max_expanded_chars}) characters of model input.",
             f"{settings.max_pairs + 1} pairs is more than the limit of {settings.max_pairs} per request; "
             "split the batch",
@@ -262,6 +269,30 @@ def build_document(settings: Settings) -> JsonObject:
                     components, "ZeroShotRequest", ["single: the text form", "many: the texts form"], settings
                 ),
                 "responses": {"200": zero_shot_ok, **post_errors},
+            }
+        },
+        "/verify": {
+            "post": {
+                "operationId": "verify",
+                **keyed,
+                "summary": "Check claims against a long document",
+                "description": "The document is cut into sentences (also at Chinese and Japanese 。！？) and read in "
+                "overlapping windows that fit the model's max_length with the longest claim; every (window, claim) "
+                "pair is scored in one pass. Per claim the window with the highest entailment decides, unless "
+                "another window's contradiction is higher still (SummaC-ZS); its label, scores and span are the "
+                f"answer. Windows x claims at most {settings.max_pairs} (NLI_MAX_PAIRS); claims x (document + "
+                f"claim) at most {settings.max_expanded_chars} characters (NLI_MAX_EXPANDED_CHARS).",
+                "parameters": post_parameters,
+                "requestBody": _body(components, "VerifyRequest", ["claims: two claims"], settings),
+                "responses": {
+                    "200": _ok(
+                        components,
+                        "One result per claim, with its evidence.",
+                        "VerifyResponse",
+                        ["claims: one supported, one refuted"],
+                    ),
+                    **post_errors,
+                },
             }
         },
         "/health": {

@@ -12,7 +12,7 @@ bp = Blueprint("predict", __name__)
 
 
 def _prediction(prediction: types.Prediction) -> Prediction:
-    return Prediction(label=prediction.label, scores=prediction.scores)
+    return Prediction(label=prediction.label, scores=prediction.scores, truncated=prediction.truncated)
 
 
 @bp.post("/predict")
@@ -23,9 +23,7 @@ def predict() -> Response:
     request_log.account_for([pair])
     rate_limit.count_pairs(1)
     [prediction] = nli.predict([pair], arrival.timing())
-    return request_trace.encode(
-        lambda: PredictResponse(label=prediction.label, scores=prediction.scores, model=nli.model_id)
-    )
+    return request_trace.encode(lambda: PredictResponse(**_prediction(prediction).model_dump(), model=nli.model_id))
 
 
 @bp.post("/batch-predict")

@@ -21,8 +21,12 @@ def zero_shot() -> Response:
     rate_limit.count_pairs(len(texts) * len(labels))
     results = nli.zero_shot(texts, labels, template, request.multi_label, arrival.timing())
     if request.many:
-        answers = [ZeroShotResult(labels=result.labels, scores=result.scores) for result in results]
+        answers = [
+            ZeroShotResult(labels=result.labels, scores=result.scores, truncated=result.truncated) for result in results
+        ]
         return request_trace.encode(lambda: ZeroShotBatchResponse(results=answers, model=nli.model_id))
     return request_trace.encode(
-        lambda: ZeroShotResponse(labels=results[0].labels, scores=results[0].scores, model=nli.model_id)
+        lambda: ZeroShotResponse(
+            labels=results[0].labels, scores=results[0].scores, truncated=results[0].truncated, model=nli.model_id
+        )
     )

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Protocol
@@ -55,9 +55,10 @@ ForwardObserver = Callable[[int, int, float], None]
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of every pair, unpadded, in input order."""
+    """Token ids of every pair, unpadded, in input order, and which pairs were cut to fit ``max_length``."""
 
     features: dict[str, list[list[int]]]
+    truncated: list[bool] = field(default_factory=list)
 
     @property
     def lengths(self) -> list[int]:
@@ -67,7 +68,37 @@ class Encoded:
     def concatenate(cls, parts: Sequence[Encoded]) -> Encoded:
         """One :class:`Encoded` holding every part's pairs, in order."""
         names = parts[0].features.keys()
-        return cls(features={name: [row for part in parts for row in part.features[name]] for name in names})
+        return cls(
+            features={name: [row for part in parts for row in part.features[name]] for name in names},
+            truncated=[flag for part in parts for flag in part.truncated],
+        )
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The raw result of pairs: float32 logits (rows in input order) and whether each pair was truncated."""
+
+    logits: torch.Tensor
+    truncated: list[bool]
+
+
+class ScoresModel(Protocol):
+    """The engine, or anything in front of it that answers its ``scores`` call."""
+
+    @property
+    def labels(self) -> LabelMap: ...
+
+    def scores(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> Scores: ...
+
+
+def predictions_of(labels: LabelMap, scores: Scores) -> list[Prediction]:
+    """Softmax each row of ``scores`` and name its labels; each :class:`Prediction` keeps its truncated flag."""
+    rows = torch.softmax(scores.logits, dim=-1).tolist()
+    predictions = []
+    for probabilities, truncated in zip(rows, scores.truncated, strict=True):
+        named = dict(zip(labels.names, probabilities, strict=False))
+        predictions.append(Prediction(label=max(named, key=named.__getitem__), scores=named, truncated=truncated))
+    return predictions
 
 
 FORWARD_OVERHEAD_TOKENS = 32
@@ -226,11 +257,16 @@ class NLIEngine:
 
     def predict(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> list[Prediction]:
         """Classify ``pairs``; the result is in input order, one :class:`Prediction` each."""
-        return self.to_predictions(self.logits(pairs, deadline))
+        return self.to_predictions(self.scores(pairs, deadline))
 
     def logits(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> torch.Tensor:
         """Raw float32 logits, shape (len(pairs), labels), columns in ``self.labels.names`` order."""
-        return self.run(self.encode(pairs), deadline)
+        return self.scores(pairs, deadline).logits
+
+    def scores(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> Scores:
+        """The logits of ``pairs`` and which of them were truncated."""
+        encoded = self.encode(pairs)
+        return Scores(self.run(encoded, deadline), list(encoded.truncated))
 
     def run(self, encoded: Encoded, deadline: Checkable | None = None) -> torch.Tensor:
         """Forward every encoded pair in length-sorted chunks; logits back in input order."""
@@ -246,9 +282,9 @@ class NLIEngine:
             self.heap.after_pass(largest)
         return output
 
-    def to_predictions(self, logits: torch.Tensor) -> list[Prediction]:
+    def to_predictions(self, scores: Scores) -> list[Prediction]:
         """Softmax each row and name its labels."""
-        return [self._to_prediction(row) for row in torch.softmax(logits, dim=-1).tolist()]
+        return predictions_of(self.labels, scores)
 
     @traced("tokenise", tokenise_attributes)
     def encode(self, pairs: Sequence[Pair]) -> Encoded:
@@ -258,14 +294,13 @@ class NLIEngine:
         premises = [pair.premise for pair in pairs]
         hypotheses = [pair.hypothesis for pair in pairs]
         try:
-            features = self._tokenize(premises, hypotheses, "only_first")
+            return self._tokenize(premises, hypotheses, "only_first")
         except Exception:  # noqa: BLE001 - a hypothesis alone is longer than max_length
             singles = [
                 self._tokenize_one(premise, hypothesis)
                 for premise, hypothesis in zip(premises, hypotheses, strict=False)
             ]
-            features = {name: [single[name][0] for single in singles] for name in singles[0]}
-        return Encoded(features=features)
+            return Encoded.concatenate(singles)
 
     @traced("forward", forward_attributes)
     def forward(self, encoded: Encoded, chunk: Sequence[int]) -> torch.Tensor:
@@ -293,17 +328,23 @@ class NLIEngine:
         finally:
             self.observer = observer
 
-    def _tokenize_one(self, premise: str, hypothesis: str) -> dict[str, list[list[int]]]:
+    def _tokenize_one(self, premise: str, hypothesis: str) -> Encoded:
         try:
             return self._tokenize([premise], [hypothesis], "only_first")
         except Exception:  # noqa: BLE001 - the premise alone cannot absorb the truncation
             return self._tokenize([premise], [hypothesis], "longest_first")
 
-    def _tokenize(self, premises: list[str], hypotheses: list[str], truncation: str) -> dict[str, list[list[int]]]:
+    def _tokenize(self, premises: list[str], hypotheses: list[str], truncation: str) -> Encoded:
         encoding = self.tokenizer(
             premises, hypotheses, truncation=truncation, max_length=self.max_length, padding=False
         )
-        return {name: encoding[name] for name in self.tokenizer.model_input_names if name in encoding}
+        features = {name: encoding[name] for name in self.tokenizer.model_input_names if name in encoding}
+        if encoding.encodings is not None:  # a fast tokenizer keeps what it cut off as "overflowing"
+            truncated = [bool(pair.overflowing) for pair in encoding.encodings]
+        else:
+            whole = self.tokenizer(premises, hypotheses, truncation=False, padding=False)["input_ids"]
+            truncated = [len(ids) > self.max_length for ids in whole]
+        return Encoded(features=features, truncated=truncated)
 
     def _pad(self, encoded: Encoded, chunk: Sequence[int]) -> dict[str, torch.Tensor]:
         width = max(len(encoded.features["input_ids"][i]) for i in chunk)
@@ -320,10 +361,6 @@ class NLIEngine:
                     tensor[row_number, : len(values)] = values
             inputs[name] = tensor
         return inputs
-
-    def _to_prediction(self, probabilities: list[float]) -> Prediction:
-        scores = dict(zip(self.labels.names, probabilities, strict=False))
-        return Prediction(label=max(scores, key=scores.__getitem__), scores=scores)
 
     def describe(self) -> dict[str, Any]:
         """Everything /model reports."""

@@ -24,10 +24,31 @@ class Pair:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The engine's answer for one pair: the top label and every label's probability."""
+    """The engine's answer for one pair: the top label, every label's probability, and whether
+    the pair was cut to fit the model's ``max_length`` (its premise's end was not seen)."""
 
     label: str
     scores: dict[str, float]
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of a document: ``document[start:end] == text`` (offsets in characters)."""
+
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim checked against a document: the deciding window's result, and that window as evidence."""
+
+    label: str
+    scores: dict[str, float]
+    truncated: bool
+    evidence: Span
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,7 @@ class ZeroShotResult:
 
     labels: list[str]
     scores: list[float]
+    truncated: bool = False  # the text was cut to fit max_length in at least one of its pairs
 
 
 def zero_shot_pairs(texts: Sequence[str], labels: Sequence[str], template: str) -> list[Pair]:

@@ -11,33 +11,21 @@ entailment is 0), which is wrong for models ordered otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 
-from nli_service.inference.engine import Checkable
-from nli_service.inference.labels import LabelMap
+from nli_service.inference.engine import Checkable, ScoresModel
 from nli_service.inference.types import (
     CONTRADICTION,
     DEFAULT_TEMPLATE,
     ENTAILMENT,
-    Pair,
     ZeroShotResult,
     zero_shot_pairs,
 )
 
 
-class LogitsModel(Protocol):
-    """The engine, or anything in front of it that answers its ``logits`` call."""
-
-    @property
-    def labels(self) -> LabelMap: ...
-
-    def logits(self, pairs: Sequence[Pair], deadline: Checkable | None = None) -> torch.Tensor: ...
-
-
 def classify(
-    engine: LogitsModel,
+    engine: ScoresModel,
     texts: Sequence[str],
     labels: Sequence[str],
     template: str = DEFAULT_TEMPLATE,
@@ -46,16 +34,18 @@ def classify(
 ) -> list[ZeroShotResult]:
     """Score every label for every text; one :class:`ZeroShotResult` per text."""
     pairs = zero_shot_pairs(texts, labels, template)
-    logits = engine.logits(pairs, deadline).view(len(texts), len(labels), -1)
+    scores = engine.scores(pairs, deadline)
+    logits = scores.logits.view(len(texts), len(labels), -1)
+    truncated = torch.tensor(scores.truncated, dtype=torch.bool).view(len(texts), len(labels)).any(dim=1).tolist()
     entailment = engine.labels.index(ENTAILMENT)
     if multi_label:
         contradiction = engine.labels.index(CONTRADICTION)
         probabilities = torch.softmax(logits[..., [contradiction, entailment]], dim=-1)[..., 1]
     else:
         probabilities = torch.softmax(logits[..., entailment], dim=-1)
-    return [_ranked(labels, row) for row in probabilities.tolist()]
+    return [_ranked(labels, row, cut) for row, cut in zip(probabilities.tolist(), truncated, strict=True)]
 
 
-def _ranked(labels: Sequence[str], scores: list[float]) -> ZeroShotResult:
+def _ranked(labels: Sequence[str], scores: list[float], truncated: bool) -> ZeroShotResult:
     order = sorted(range(len(labels)), key=lambda i: scores[i], reverse=True)
-    return ZeroShotResult(labels=[labels[i] for i in order], scores=[scores[i] for i in order])
+    return ZeroShotResult(labels=[labels[i] for i in order], scores=[scores[i] for i in order], truncated=truncated)

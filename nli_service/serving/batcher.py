@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from nli_service import metrics
-from nli_service.inference.engine import Encoded, NLIEngine
+from nli_service.inference.engine import Encoded, NLIEngine, Scores
 from nli_service.inference.types import Pair, Prediction
 from nli_service.serving.deadline import Deadline, DeadlineExceeded
 from nli_service.serving.errors import ClientGone, Overloaded, RequestTimedOut
@@ -135,9 +135,12 @@ class MicroBatcher:
         return self.engine.describe()
 
     def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
-        return self.engine.to_predictions(self.logits(pairs, deadline))
+        return self.engine.to_predictions(self.scores(pairs, deadline))
 
     def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
+        return self.scores(pairs, deadline).logits
+
+    def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores:
         """Queue ``pairs`` and wait for their logits, at most until ``deadline``."""
         self._reserve(len(pairs), deadline)
         try:
@@ -153,7 +156,7 @@ class MicroBatcher:
             raise RequestTimedOut(deadline.seconds)
         if job.error is not None:
             raise job.error
-        return job.logits
+        return Scores(job.logits, list(job.encoded.truncated))
 
     def _reserve(self, pairs: int, deadline: Deadline | None) -> None:
         """Count ``pairs`` in the queue, or refuse them (:class:`Overloaded`) if they cannot be answered in time."""

@@ -7,7 +7,8 @@ it), stores them and puts the logits back in input order. A hit never queues in 
 A result is keyed by a sha256 of everything its logits depend on: the model's id and version
 (a digest of its files, and how they run: backend, export, quantisation, dtype), max_length
 and the pair, each field length-prefixed so that no two pairs share a key. It is stored as its
-logits' float32 bytes, so an answer from the cache is byte-identical to the computed one.
+logits' float32 bytes and one byte for its truncated flag, so an answer from the cache is
+byte-identical to the computed one, flag included.
 
 Stores: this worker's LRU (:class:`MemoryStore`, ``NLI_CACHE_SIZE`` results) by default;
 Redis (:class:`RedisStore`, shared by every worker and replica, ``NLI_CACHE_TTL``) when
@@ -35,7 +36,7 @@ from redis.retry import Retry
 
 from nli_service import metrics
 from nli_service.config import Settings
-from nli_service.inference.engine import NLIEngine
+from nli_service.inference.engine import NLIEngine, Scores
 from nli_service.inference.labels import LabelMap
 from nli_service.inference.types import Pair, Prediction
 from nli_service.serving.deadline import Deadline
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROW = np.dtype("<f4")  # a stored result: its logits as little-endian float32, the same bytes on every replica
-KEY_PREFIX = "nli:result:v1:"
+KEY_PREFIX = "nli:result:v2:"  # v2: a row ends with the truncated flag
 REDIS_TIMEOUT = 0.5  # seconds: connecting, or waiting for one answer
 REDIS_PAUSE = 1.0  # seconds Redis is left alone after a failure
 
@@ -203,13 +204,16 @@ class CachingPredictor:
     def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
         if self.store is None:
             return self.inner.predict(pairs, deadline)
-        return self.engine.to_predictions(self.logits(pairs, deadline))
+        return self.engine.to_predictions(self.scores(pairs, deadline))
 
     def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
-        """Float32 logits in input order: stored rows for the pairs seen before, the others computed."""
+        return self.scores(pairs, deadline).logits
+
+    def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores:
+        """Logits and truncated flags in input order: stored rows for the pairs seen before, the others computed."""
         if self.store is None or self.keys is None or not pairs:
-            return self.inner.logits(pairs, deadline)
-        width = len(self.labels.names) * ROW.itemsize
+            return self.inner.scores(pairs, deadline)
+        width = len(self.labels.names) * ROW.itemsize + 1
         keys = [self.keys(pair) for pair in pairs]
         first: dict[str, int] = {}  # each key once, at its first pair
         for index, key in enumerate(keys):
@@ -223,11 +227,14 @@ class CachingPredictor:
         metrics.CACHE_HITS.labels(store=self.store.name).inc(len(rows))
         metrics.CACHE_MISSES.labels(store=self.store.name).inc(len(missing))
         if missing:
-            computed = self.inner.logits([pairs[first[key]] for key in missing], deadline)
-            values = np.ascontiguousarray(computed.numpy(), dtype=ROW)
-            fresh = {key: values[number].tobytes() for number, key in enumerate(missing)}
+            computed = self.inner.scores([pairs[first[key]] for key in missing], deadline)
+            values = np.ascontiguousarray(computed.logits.numpy(), dtype=ROW)
+            fresh = {
+                key: values[number].tobytes() + bytes([computed.truncated[number]])
+                for number, key in enumerate(missing)
+            }
             self.store.put_many(fresh)
             rows.update(fresh)
         # Every row, computed or not, goes through the same bytes: cached answers equal computed ones.
-        table = np.frombuffer(b"".join(rows[key] for key in keys), dtype=ROW).reshape(len(keys), -1)
-        return torch.from_numpy(table.astype(np.float32))
+        table = np.frombuffer(b"".join(rows[key][:-1] for key in keys), dtype=ROW).reshape(len(keys), -1)
+        return Scores(torch.from_numpy(table.astype(np.float32)), [bool(rows[key][-1]) for key in keys])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from nli_service import metrics
 from nli_service.config import Settings, available_cores
 from nli_service.inference import memory
+from nli_service.inference.documents import Windowing
 from nli_service.inference.engine import NLIEngine, set_torch_threads
 from nli_service.inference.loader import ModelLoadError
 from nli_service.inference.repository import ModelVersion, chosen_versions
@@ -180,7 +181,8 @@ def service_for(settings: Settings) -> NLIService:
         with _services_lock:
             if key not in _services:
                 engine = load_engine(settings)
-                _services[key] = NLIService(_predictor(engine, settings), settings.request_timeout)
+                windowing = Windowing(engine.tokenizer, engine.max_length, settings.verify_window_sentences)
+                _services[key] = NLIService(_predictor(engine, settings), settings.request_timeout, windowing)
             service = _services[key]
     return service
 

@@ -16,8 +16,11 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from nli_service import metrics
+from nli_service.inference import documents
+from nli_service.inference.documents import Windowing
+from nli_service.inference.engine import Scores
 from nli_service.inference.labels import LabelMap
-from nli_service.inference.types import Pair, Prediction, ZeroShotResult
+from nli_service.inference.types import Pair, Prediction, Span, Verdict, ZeroShotResult
 from nli_service.inference.zero_shot import classify
 from nli_service.serving.deadline import Deadline, enforce
 
@@ -49,13 +52,33 @@ class Predictor(Protocol):
 
     def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor: ...
 
+    def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores: ...
+
+
+class _CountingTruncations:
+    """``predictor``'s ``scores``, counting the truncated pairs in metrics."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    @property
+    def labels(self) -> LabelMap:
+        return self.predictor.labels
+
+    def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores:
+        scores = self.predictor.scores(pairs, deadline)
+        metrics.TRUNCATED_PAIRS.inc(sum(scores.truncated))
+        return scores
+
 
 class NLIService:
-    """Classify pairs and zero-shot texts within a deadline of ``request_timeout`` seconds."""
+    """Classify pairs, zero-shot texts and document claims within a deadline of ``request_timeout`` seconds."""
 
-    def __init__(self, predictor: Predictor, request_timeout: float) -> None:
+    def __init__(self, predictor: Predictor, request_timeout: float, windowing: Windowing | None = None) -> None:
         self.predictor = predictor
         self.request_timeout = request_timeout
+        self.windowing = windowing
+        self._counted = _CountingTruncations(predictor)
 
     @property
     def model_id(self) -> str:
@@ -72,6 +95,7 @@ class NLIService:
 
         predictions = self._within_deadline(len(pairs), timing, work)
         metrics.count_labels(prediction.label for prediction in predictions)
+        metrics.TRUNCATED_PAIRS.inc(sum(prediction.truncated for prediction in predictions))
         return predictions
 
     def zero_shot(
@@ -85,9 +109,30 @@ class NLIService:
         """Rank ``labels`` for each text, all label pairs in one engine call."""
 
         def work(deadline: Deadline) -> list[ZeroShotResult]:
-            return classify(self.predictor, texts, labels, template, multi_label, deadline)
+            return classify(self._counted, texts, labels, template, multi_label, deadline)
 
         return self._within_deadline(len(texts) * len(labels), timing, work)
+
+    def windows(self, document: str, claims: Sequence[str]) -> list[Span]:
+        """The overlapping windows ``document`` is read in, each fitting the model with every claim."""
+        if self.windowing is None:
+            raise RuntimeError("this service was built without a tokenizer to cut documents with")
+        return self.windowing.windows(document, claims)
+
+    def verify(
+        self, windows: Sequence[Span], claims: Sequence[str], timing: RequestTiming = RequestTiming()
+    ) -> list[Verdict]:
+        """Each claim's verdict over ``windows`` (from :meth:`windows`), every pair in one engine call."""
+
+        if self.windowing is None:
+            raise RuntimeError("this service was built without a tokenizer to cut documents with")
+
+        def work(deadline: Deadline) -> list[Verdict]:
+            return documents.verify(self._counted, self.windowing, windows, claims, deadline)
+
+        verdicts = self._within_deadline(len(windows) * len(claims), timing, work)
+        metrics.count_labels(verdict.label for verdict in verdicts)
+        return verdicts
 
     def _within_deadline(self, pairs: int, timing: RequestTiming, work: Callable[[Deadline], T]) -> T:
         seconds = min(self.request_timeout, timing.client_timeout or self.request_timeout)

@@ -1,4 +1,4 @@
-// The demo page (templates/demo.html): forms over /predict, /zero-shot and /batch-predict,
+// The demo page (templates/demo.html): forms over /predict, /zero-shot, /verify and /batch-predict,
 // answers drawn as probability bars. A file, not inline: the page's Content-Security-Policy
 // (default-src 'self') allows no inline script or style, so bar widths are set through the DOM.
 "use strict";
@@ -216,6 +216,36 @@ async function submitZeroShot(form) {
   );
 }
 
+// Each claim's label and bars, and the document span that decided it.
+async function submitVerify(form) {
+  const result = document.getElementById("verify-result");
+  const claims = form.elements.claims.value.split("\n").filter((claim) => claim.trim() !== "");
+  const answer = await call("POST", "verify", { document: form.elements.document.value, claims });
+  result.replaceChildren();
+  if (!answer.ok) return fail(form, answer);
+  const { results, windows } = answer.data;
+  const items = results.map(({ label, scores, evidence }, index) =>
+    element(
+      "li",
+      { className: "claim" },
+      element("p", { className: "claim-text" }, claims[index]),
+      element("p", { className: "answer" }, label),
+      nliBars(scores),
+      element(
+        "blockquote",
+        { className: "evidence", "data-start": String(evidence.start), "data-end": String(evidence.end) },
+        evidence.text,
+      ),
+      element("p", { className: "meta" }, `evidence: characters ${evidence.start}–${evidence.end} of the document`),
+    ),
+  );
+  result.append(
+    element("ol", { className: "claims" }, ...items),
+    element("p", { className: "meta" }, `The document was read in ${windows} window${windows === 1 ? "" : "s"}.`),
+    latency(answer),
+  );
+}
+
 // CSV rows (RFC 4180: quoted fields may hold commas, newlines and doubled quotes), each with
 // the line it starts on.
 function csvRows(text) {
@@ -363,5 +393,6 @@ document.addEventListener("keydown", (event) => {
 onSubmit(document.getElementById("key-form"), submitKey);
 onSubmit(document.getElementById("pair-form"), submitPair);
 onSubmit(document.getElementById("zs-form"), submitZeroShot);
+onSubmit(document.getElementById("verify-form"), submitVerify);
 onSubmit(document.getElementById("batch-form"), submitBatch);
 loadModel();
