@@ -29,17 +29,22 @@ REPLICAS = ("nli-service-1", "nli-service-2")
 DEFAULTS = Settings.from_env({})
 
 
-@pytest.fixture(scope="module")
-def stack() -> dict[str, Any]:
-    """The stack as ``podman-compose config`` merges it (``--dry-run``: podman itself is not needed)."""
+def podman_compose_config(compose_file: Path) -> subprocess.CompletedProcess[str]:
+    """``podman-compose config`` of ``compose_file`` (``--dry-run``: podman itself is not needed)."""
     podman_compose = Path(sys.executable).with_name("podman-compose")
-    result = subprocess.run(
-        [podman_compose, "--dry-run", "-f", COMPOSE_FILE, "config"],
+    return subprocess.run(
+        [podman_compose, "--dry-run", "-f", compose_file, "config"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    """The stack as ``podman-compose config`` merges it."""
+    result = podman_compose_config(COMPOSE_FILE)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -73,6 +78,13 @@ def seconds(duration: str) -> float:
 
 def test_the_stack_is_two_replicas_nginx_redis_prometheus_and_grafana(stack: dict[str, Any]) -> None:
     assert set(stack["services"]) == {*REPLICAS, "nginx", "redis", "prometheus", "grafana"}
+
+
+def test_podman_compose_refuses_a_stack_it_could_not_run(tmp_path: Path) -> None:
+    broken = COMPOSE_FILE.read_text().replace("condition: service_healthy", "condition: service_ready", 1)
+    (tmp_path / "compose.yaml").write_text(broken)
+    result = podman_compose_config(tmp_path / "compose.yaml")
+    assert result.returncode != 0 and "service_ready" in result.stderr
 
 
 def test_every_file_the_stack_mounts_or_builds_from_exists(stack: dict[str, Any]) -> None:
