@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from prometheus_client import REGISTRY
+from serving import service_env
 from transformers import AutoTokenizer
 
 from nli_service.inference.documents import Windowing, deciding_window, sentence_spans
@@ -226,7 +227,8 @@ def test_verify_is_in_the_openapi_document_with_an_example_whose_offsets_slice_i
 # -- the client and the CLI -------------------------------------------------------------
 
 
-def test_client_verify_and_the_cli_against_the_real_service(tiny_server, tmp_path) -> None:
+@pytest.mark.slow
+def test_client_verify_and_the_cli_against_the_real_service_and_locally(tiny_server, model_dir, tmp_path) -> None:
     from nli_service.client import NLIClient
 
     text = " ".join(SENTENCES[:3])  # 3 windows: the server takes 4 pairs per request
@@ -238,7 +240,11 @@ def test_client_verify_and_the_cli_against_the_real_service(tiny_server, tmp_pat
     document = tmp_path / "document.txt"
     document.write_text(text, encoding="utf-8")
     command = [sys.executable, "-m", "nli_service.cli", "verify", str(document), "--claim", CLAIMS[0]]
-    done = subprocess.run([*command, "--url", tiny_server.url], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    [printed] = json.loads(done.stdout)
-    assert printed["label"] == verdicts[0].label and printed["evidence"]["text"] == verdicts[0].evidence.text
+    remote = subprocess.run([*command, "--url", tiny_server.url], capture_output=True, text=True, timeout=60)
+    local = subprocess.run(  # without --url: the engine in a child process, same settings as the server
+        command, capture_output=True, text=True, timeout=120, env=service_env(NLI_MODEL=model_dir)
+    )
+    for done in (remote, local):
+        assert done.returncode == 0, done.stderr
+        [printed] = json.loads(done.stdout)
+        assert printed["label"] == verdicts[0].label and printed["evidence"]["text"] == verdicts[0].evidence.text
