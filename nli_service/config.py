@@ -8,10 +8,12 @@ nothing heavy (no torch, no Flask, no prometheus_client) so that
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from nli_service.inference.backend_choice import choose_backend
@@ -399,9 +401,32 @@ def _backend_for(backend: str, quantize: str) -> str:
         raise ConfigError(str(error)) from None
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, as containers and taskset set it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may run on: its CPU affinity (taskset, cpusets), capped by a CPU quota
+    (a container's ``--cpus``, a Kubernetes CPU limit), which the affinity does not show."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """Cores' worth of CPU time the cgroup allows (cgroup v2 ``cpu.max``, or v1's CFS quota), None if unlimited.
+
+    Read at the mount root, which is this process's own cgroup inside a container."""
+    try:
+        limit = (cgroup_root / "cpu.max").read_text().split()  # v2: "<quota> <period>" or "max <period>"
+    except OSError:
+        try:
+            limit = [
+                (cgroup_root / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            ]
+        except OSError:
+            return None
+    try:
+        quota, period = float(limit[0]), float(limit[1])
+    except (ValueError, IndexError):  # "max", or "-1" below
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

@@ -8,6 +8,7 @@ from nli_service.config import (
     ConfigError,
     Settings,
     available_cores,
+    cpu_quota,
     default_layout,
     documented_settings,
 )
@@ -137,3 +138,27 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for env, default, _ in documented_settings():
         assert f"| `{env}` | `{default}` |" in readme, env
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: a pod limited to 1.5 cores
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files: dict[str, str], quota: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota(tmp_path) == quota
+
+
+def test_a_cpu_limit_below_the_affinity_caps_the_cores(tmp_path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core: still one worker's core
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{1000 * 100000} 100000\n")  # above the affinity: the affinity
+    assert available_cores(tmp_path) == available_cores(tmp_path / "absent")
