@@ -110,7 +110,9 @@ def run_checks(args: argparse.Namespace, name: str, volume: str) -> dict:
     podman("volume", "create", volume)
     podman(
         "run", "--detach", "--name", name, *SANDBOX,
-        "--read-only", "--volume", f"{volume}:/data", "--health-interval", "disable",
+        # Writable: the /data volume, a /tmp tmpfs (as docker run and Kubernetes need it said) and /dev/shm.
+        "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp", "--volume", f"{volume}:/data",
+        "--health-interval", "disable",
         "--env", "NLI_HOST=127.0.0.1", "--env", f"NLI_PORT={port}", "--env", f"NLI_METRICS_PORT={metrics_port}",
         "--env", "NLI_WORKERS=2", "--env", "HF_HUB_OFFLINE=1",
         IMAGE,
