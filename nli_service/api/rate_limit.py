@@ -34,6 +34,7 @@ from nli_service import metrics
 from nli_service.api.auth import OPEN_ENDPOINTS
 from nli_service.api.errors import ApiError
 from nli_service.config import Settings
+from nli_service.serving.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,18 @@ class RateLimits:
         self.requests = [_Limit("requests", item, moving) for item in _parse(settings.rate_limit)]
         self.pairs = [_Limit("pairs", item, sliding) for item in _parse(settings.pair_rate_limit)]
         self.fail_closed = settings.rate_limit_fail_closed
-        self._down_until = 0.0
-        self._warned_at = -math.inf
-        self._lock = threading.Lock()
+        action = "refusing requests (503)" if self.fail_closed else "serving without rate limits"
+        self.outage = Outage(
+            log,
+            f"rate-limit store unreachable: {action}",
+            "rate-limit store reachable again",
+            STORE_RETRY_SECONDS,
+            warn_every=_WARN_EVERY,
+        )
 
     def charge(self, limits: list[_Limit], identity: str, cost: int) -> list[_Verdict]:
         """Count ``cost`` against each limit in turn, stopping at the first exceeded."""
-        if time.monotonic() < self._down_until:
+        if self.outage.skipping():
             raise StoreUnavailable("recently unreachable")
         verdicts = []
         try:
@@ -102,19 +108,10 @@ class RateLimits:
                 if not allowed:
                     break
         except StorageError as error:
-            self._store_failed(error)
+            self.outage.failed(error)
             raise StoreUnavailable(str(error)) from None
+        self.outage.answered()
         return verdicts
-
-    def _store_failed(self, error: Exception) -> None:
-        with self._lock:
-            self._down_until = time.monotonic() + STORE_RETRY_SECONDS
-            warn = time.monotonic() - self._warned_at >= _WARN_EVERY
-            if warn:
-                self._warned_at = time.monotonic()
-        if warn:
-            action = "refusing requests (503)" if self.fail_closed else "serving without rate limits"
-            log.warning(f"rate-limit store unreachable: {action}", extra={"reason": str(error)[:200]})
 
 
 _per_process: dict[tuple[int, Settings], RateLimits] = {}

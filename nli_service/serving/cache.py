@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +39,7 @@ from nli_service.inference.engine import NLIEngine, Scores
 from nli_service.inference.labels import LabelMap
 from nli_service.inference.types import Pair, Prediction
 from nli_service.serving.deadline import Deadline
+from nli_service.serving.outage import Outage
 from nli_service.serving.service import Predictor
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,13 @@ class RedisStore:
 
     def __init__(self, url: str, ttl: float, timeout: float = REDIS_TIMEOUT, pause: float = REDIS_PAUSE) -> None:
         self.ttl = ttl
-        self.pause = pause
         # No retries: redis-py's default retries with backoff would hold a request for seconds.
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
-        self._skip_until = 0.0
-        self._failing = False
+        self.outage = Outage(
+            log, "result cache (Redis) unreachable: computing every pair", "result cache (Redis) reachable again", pause
+        )
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         values = self._call(lambda: self.client.mget(keys))
@@ -122,20 +122,15 @@ class RedisStore:
 
     def _call(self, operation: Callable[[], T]) -> T | None:
         """``operation()``, or None if Redis failed just now or fails now (counted, logged once per outage)."""
-        if time.monotonic() < self._skip_until:
+        if self.outage.skipping():
             return None
         try:
             result = operation()
         except redis.RedisError as error:
-            self._skip_until = time.monotonic() + self.pause
             metrics.CACHE_ERRORS.labels(store=self.name).inc()
-            if not self._failing:
-                self._failing = True
-                log.warning("result cache (Redis) unreachable: computing every pair", extra={"error": str(error)})
+            self.outage.failed(error)
             return None
-        if self._failing:
-            self._failing = False
-            log.info("result cache (Redis) reachable again")
+        self.outage.answered()
         return result
 
     def describe(self) -> dict[str, Any]:
