@@ -20,16 +20,21 @@ REQUESTS = Counter("nli_request", "HTTP requests answered", ["method", "endpoint
 REQUEST_LATENCY = Histogram(
     "nli_request_latency_seconds", "HTTP request latency", ["method", "endpoint"], buckets=_LATENCY_BUCKETS
 )
-INFERENCE_SECONDS = Histogram("nli_inference_seconds", "Seconds per forward pass", buckets=_LATENCY_BUCKETS)
-BATCH_PAIRS = Histogram("nli_batch_pairs", "Pairs per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+# What depends on the model carries the model and its version (serve_model); ``nli_model_info`` counts the workers.
+_MODEL = ["model", "version"]
+INFERENCE_SECONDS = Histogram("nli_inference_seconds", "Seconds per forward pass", _MODEL, buckets=_LATENCY_BUCKETS)
+BATCH_PAIRS = Histogram("nli_batch_pairs", "Pairs per forward pass", _MODEL, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 BATCH_TOKENS = Histogram(
-    "nli_batch_padded_tokens", "Padded tokens per forward pass", buckets=(64, 256, 1024, 2048, 4096, 8192, 16384)
+    "nli_batch_padded_tokens",
+    "Padded tokens per forward pass",
+    _MODEL,
+    buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
 )
 PAIRS = Counter("nli_pairs", "Pairs scored (by /predict, /batch-predict and /zero-shot)")
 TRUNCATED_PAIRS = Counter(
     "nli_truncated_pairs", "Pairs cut to fit the model's max_length: the end of their premise was not read"
 )
-PREDICTED_LABELS = Counter("nli_predicted_label", "Predicted labels", ["label"])
+PREDICTED_LABELS = Counter("nli_predicted_label", "Predicted labels", ["label", *_MODEL])
 IN_FLIGHT = Gauge("nli_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
 QUEUED_PAIRS = Gauge(
     "nli_queued_pairs",
@@ -80,13 +85,21 @@ MODEL_VERSIONS_REFUSED = Counter(
 )
 
 
+_served = {"model": "", "version": ""}  # this process's model (one per serving process)
+
+
+def serve_model(model: str, version: str) -> None:
+    """The model this process serves from now on: the labels of the metrics that depend on it."""
+    _served.update(model=model, version=version)
+
+
 def observe_forward(pairs: int, padded_tokens: int, seconds: float) -> None:
     """Engine observer: one forward pass happened."""
-    INFERENCE_SECONDS.observe(seconds)
-    BATCH_PAIRS.observe(pairs)
-    BATCH_TOKENS.observe(padded_tokens)
+    INFERENCE_SECONDS.labels(**_served).observe(seconds)
+    BATCH_PAIRS.labels(**_served).observe(pairs)
+    BATCH_TOKENS.labels(**_served).observe(padded_tokens)
 
 
 def count_labels(labels: Iterable[str]) -> None:
     for label in labels:
-        PREDICTED_LABELS.labels(label=label).inc()
+        PREDICTED_LABELS.labels(label=label, **_served).inc()

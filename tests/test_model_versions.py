@@ -299,6 +299,10 @@ def test_a_new_version_rolls_out_worker_by_worker_a_broken_one_is_refused_a_with
     assert model["model_version"] == 2
     assert "not exactly" in model["repository"]["refused"][-1]["reason"]
     assert metric_sum(samples, "nli_model_versions_refused_total", model=NAME, version="3") == 2
+    for version, label in (("1", "entailment"), ("2", "contradiction")):  # each version's only answer
+        assert metric_sum(samples, "nli_predicted_label_total", model=NAME, version=version, label=label) > 0
+        assert metric_sum(samples, "nli_inference_seconds_count", model=NAME, version=version) > 0
+    assert metric_sum(samples, "nli_predicted_label_total", version="2", label="entailment") == 0
     assert "model version 2 of nli serves on every worker" in output
     assert "model version 1 of nli serves on every worker" in output
     print(f"/model flipped {flipped:.1f} s after version 2 appeared; both workers replaced after {replaced:.1f} s")

@@ -110,6 +110,7 @@ def load_engine(settings: Settings) -> NLIEngine:
             set_torch_threads(1)
         engine = NLIEngine.from_pretrained(**spec.arguments())
         engine.observer = metrics.observe_forward
+        metrics.serve_model(engine.model_id, version_label(engine))
         metrics.MODEL_LOAD_SECONDS.set(engine.load_seconds)
         metrics.MODEL_FALLBACK.set(1 if engine.describe()["fallback"] else 0)
         log.info("model loaded", extra={k: v for k, v in engine.describe().items() if k != "labels"})
@@ -149,8 +150,12 @@ def preload_version(settings: Settings, version: ModelVersion) -> None:
 
 def _announce(engine: NLIEngine) -> None:
     """This worker serves ``engine``: ``nli_model_info`` counts it (livesum: gone with the worker)."""
-    version = engine.source.version
-    metrics.MODEL_INFO.labels(model=engine.model_id, version=engine.version if version is None else str(version)).set(1)
+    metrics.MODEL_INFO.labels(model=engine.model_id, version=version_label(engine)).set(1)
+
+
+def version_label(engine: NLIEngine) -> str:
+    """The version metrics name: the repository's, else the digest of the model's files (``/model``'s ``version``)."""
+    return engine.version if engine.source.version is None else str(engine.source.version)
 
 
 def served_model() -> tuple[str | None, int | None]:
