@@ -10,7 +10,7 @@ import pytest
 import requests
 from model_factory import SAMPLE_PAIRS
 from nginx import nginx_in_front, render
-from serving import GUNICORN, service_env
+from serving import GUNICORN, free_port, service_env
 
 PAIR = {"premise": SAMPLE_PAIRS[0][0], "hypothesis": SAMPLE_PAIRS[0][1]}
 
@@ -51,3 +51,15 @@ def test_nginx_refuses_an_oversized_body_itself(front: str) -> None:
     too_big = b'{"premise": "' + b"a" * (2 * 1024 * 1024) + b'", "hypothesis": "b"}'
     response = requests.post(f"{front}/predict", data=too_big, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"error": response.json()["error"], "status": 413}
+    assert "1 MiB" in response.json()["error"]
+
+
+def test_with_no_replica_answering_nginx_says_so_in_json_with_retry_after(tmp_path: Path) -> None:
+    with nginx_in_front([free_port()], tmp_path / "nginx") as url:  # nothing listens on the replica's port
+        response = requests.post(f"{url}/predict", json=PAIR, timeout=10)
+    assert response.status_code == 503
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["status"] == 503 and "no replica" in response.json()["error"]
