@@ -49,9 +49,10 @@ def sandbox(deployment: Resource) -> list[str]:
         link = Path("/", name)
         if link.is_symlink():
             command += ["--symlink", str(link.readlink()), str(link)]
-    command += _read_only_dir(ROOT) + _read_only_dir(Path(sys.base_prefix))  # the code, and Python itself
     for mount in container(deployment)["volumeMounts"]:  # an emptyDir: empty, writable by the pod's user
         command += ["--dir", mount["mountPath"], "--perms", "0777", "--tmpfs", mount["mountPath"]]
+    # The code and Python itself, after the volumes: a checkout under /tmp (CI's clone) stays visible.
+    command += _read_only_dir(ROOT) + _read_only_dir(Path(sys.base_prefix))
     user, group = pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
     command += ["--remount-ro", "/", "--chdir", str(ROOT)]
     command += ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups"]
