@@ -24,7 +24,7 @@ STAGES = (  # first match wins, searched in the whole stack
     ("model forward", "NLIEngine.forward"),
     ("padding", "NLIEngine._pad"),
     ("tokenisation", "NLIEngine._tokenize"),
-    ("waiting for the batcher", "MicroBatcher.logits"),
+    ("waiting for the batcher", "MicroBatcher.scores"),
     ("waiting in the batcher's queue", "MicroBatcher._gather"),
     ("Flask, JSON, logging, metrics", "Flask.wsgi_app"),
     ("Gunicorn's connection loop", "gthread.py"),

@@ -75,13 +75,13 @@ WORKER_PLANNED_EXITS = Counter(
 MODEL_INFO = Gauge(
     "nli_model_info",
     "Workers serving each model and version (version: the repository's, else a digest of the model's files)",
-    ["model", "version"],
+    _MODEL,
     multiprocess_mode="livesum",
 )
 MODEL_VERSIONS_REFUSED = Counter(
     "nli_model_versions_refused",
     "Repository model versions not served: they failed to load, to answer, or were not NLI models",
-    ["model", "version"],
+    _MODEL,
 )
 
 

@@ -12,7 +12,7 @@ def test_samples_are_shared_out_by_thread_kind_and_stage(tmp_path: Path) -> None
     raw.write_text(
         "thread (1): nli-batcher;MicroBatcher._run (b.py:1);NLIEngine.forward (e.py:2);Linear.forward (l.py:3) 90\n"
         "thread (1): nli-batcher;MicroBatcher._gather (b.py:4);Condition.wait (threading.py:5) 10\n"
-        "thread (2): ThreadPoolExecutor-0_0;Flask.wsgi_app (f.py:6);MicroBatcher.logits (b.py:7);wait (t.py:8) 30\n"
+        "thread (2): ThreadPoolExecutor-0_0;Flask.wsgi_app (f.py:6);MicroBatcher.scores (b.py:7);wait (t.py:8) 30\n"
         "thread (2): ThreadPoolExecutor-0_0;Flask.wsgi_app (f.py:6);NLIEngine._tokenize (e.py:9) 10\n"
         "thread (3): MainThread;ThreadWorker.run (gunicorn/workers/gthread.py:10) 5\n"
     )

@@ -137,9 +137,6 @@ class MicroBatcher:
     def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]:
         return self.engine.to_predictions(self.scores(pairs, deadline))
 
-    def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
-        return self.scores(pairs, deadline).logits
-
     def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores:
         """Queue ``pairs`` and wait for their logits, at most until ``deadline``."""
         self._reserve(len(pairs), deadline)

@@ -201,9 +201,6 @@ class CachingPredictor:
             return self.inner.predict(pairs, deadline)
         return self.engine.to_predictions(self.scores(pairs, deadline))
 
-    def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor:
-        return self.scores(pairs, deadline).logits
-
     def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores:
         """Logits and truncated flags in input order: stored rows for the pairs seen before, the others computed."""
         if self.store is None or self.keys is None or not pairs:

@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import torch
-
 from nli_service import metrics
 from nli_service.inference import documents
 from nli_service.inference.documents import Windowing
@@ -49,8 +47,6 @@ class Predictor(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def predict(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> list[Prediction]: ...
-
-    def logits(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> torch.Tensor: ...
 
     def scores(self, pairs: Sequence[Pair], deadline: Deadline | None = None) -> Scores: ...
 
@@ -113,22 +109,23 @@ class NLIService:
 
         return self._within_deadline(len(texts) * len(labels), timing, work)
 
-    def windows(self, document: str, claims: Sequence[str]) -> list[Span]:
-        """The overlapping windows ``document`` is read in, each fitting the model with every claim."""
+    def _documents(self) -> Windowing:
         if self.windowing is None:
             raise RuntimeError("this service was built without a tokenizer to cut documents with")
-        return self.windowing.windows(document, claims)
+        return self.windowing
+
+    def windows(self, document: str, claims: Sequence[str]) -> list[Span]:
+        """The overlapping windows ``document`` is read in, each fitting the model with every claim."""
+        return self._documents().windows(document, claims)
 
     def verify(
         self, windows: Sequence[Span], claims: Sequence[str], timing: RequestTiming = RequestTiming()
     ) -> list[Verdict]:
         """Each claim's verdict over ``windows`` (from :meth:`windows`), every pair in one engine call."""
-
-        if self.windowing is None:
-            raise RuntimeError("this service was built without a tokenizer to cut documents with")
+        windowing = self._documents()
 
         def work(deadline: Deadline) -> list[Verdict]:
-            return documents.verify(self._counted, self.windowing, windows, claims, deadline)
+            return documents.verify(self._counted, windowing, windows, claims, deadline)
 
         verdicts = self._within_deadline(len(windows) * len(claims), timing, work)
         metrics.count_labels(verdict.label for verdict in verdicts)
