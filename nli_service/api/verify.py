@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response
 
-from nli_service.api import arrival, payloads, rate_limit, request_log, service
+from nli_service.api import arrival, payloads, rate_limit, request_log, request_trace, service
 from nli_service.api.errors import ApiError
 from nli_service.inference.types import Pair
 from nli_service.schemas import ClaimResult, Evidence, VerifyRequest, VerifyResponse, windows_limit_message
@@ -13,7 +13,7 @@ bp = Blueprint("verify", __name__)
 
 
 @bp.post("/verify")
-def verify() -> dict:
+def verify() -> Response:
     """For each claim: the deciding window's label and scores, and that window as evidence."""
     request = payloads.read(VerifyRequest)  # also bounds the claims and the expanded characters
     nli = service.current_service()
@@ -33,4 +33,4 @@ def verify() -> dict:
         )
         for verdict in verdicts
     ]
-    return VerifyResponse(results=results, windows=len(windows), model=nli.model_id).model_dump()
+    return request_trace.encode(lambda: VerifyResponse(results=results, windows=len(windows), model=nli.model_id))
