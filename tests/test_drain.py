@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from serving import GUNICORN, service_env
+from serving import GUNICORN, service_env, wait_for
 
 from nli_service.config import Settings
 from nli_service.server.hooks import graceful_timeout
@@ -81,6 +81,9 @@ def test_sigterm_under_load_answers_every_accepted_request(
         thread.start()
     time.sleep(1.0)  # load for a second: the test's workload, not a synchronisation
     service.process.send_signal(signal.SIGTERM)
+    # The master handles the signal in its own loop: under load its first answer can still be 200.
+    # "At once" is well within the 1.5 s drain.
+    wait_for(lambda: requests.get(f"{service.url}/ready", timeout=5).status_code == 503, 1.0, "/ready 503")
     ready = requests.get(f"{service.url}/ready", timeout=5)
     assert ready.status_code == 503 and "stopping" in ready.json()["error"]
     assert requests.get(f"{service.url}/health", timeout=5).status_code == 200, "still alive while draining"
