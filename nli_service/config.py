@@ -219,9 +219,9 @@ class Settings:
     )
     verify_window_sentences: int = _setting(
         "NLI_VERIFY_WINDOW_SENTENCES",
-        "1",
+        "2",
         _positive_int,
-        "/verify: most sentences per document window (windows of several overlap by one sentence)",
+        "/verify: windows are every run of 1 to this many adjacent sentences (2: each sentence, and it with the next)",
     )
     malloc_arenas: int = _setting(
         "NLI_MALLOC_ARENAS",

@@ -584,7 +584,7 @@ class VerifyResponse(BaseModel):
                             "evidence": {"start": 27, "end": 61, "text": "It was closed for repairs in 2019."},
                         },
                     ],
-                    "windows": 1,
+                    "windows": 5,
                     "model": "cross-encoder/nli-distilroberta-base",
                 }
             ]

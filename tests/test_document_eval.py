@@ -35,6 +35,7 @@ def test_the_section_says_whether_the_targets_are_met() -> None:
         "documents": 2,
         "claims": 20,
         "windows_per_document": 30.0,
+        "window_sentences": 2,
         "max_length": 256,
         "seconds": 1.0,
         "documents_truncated": 1.0,
@@ -45,3 +46,4 @@ def test_the_section_says_whether_the_targets_are_met() -> None:
     text = render(results)
     assert "| all claims | 10 | 40.00% | 78.00% | 81.00% | 60.00% |" in text
     assert "-3.00% (met)" in text and "+8.00% (NOT met)" in text
+    assert "every run of 1 to 2 adjacent sentences" in text

@@ -28,7 +28,7 @@ def fuzz_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory, modul
         NLI_MODEL=model_dir,
         NLI_WORKERS=2,
         NLI_WORKER_CLASS="gthread",
-        NLI_MAX_PAIRS=8,
+        NLI_MAX_PAIRS=10,  # /verify's example: 5 windows x 2 claims
         NLI_LOG_DIR=tmp_path_factory.mktemp("fuzz-logs"),
         NLI_LOG_LEVEL="WARNING",
     )

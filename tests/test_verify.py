@@ -15,7 +15,14 @@ from prometheus_client import REGISTRY
 from serving import service_env
 from transformers import AutoTokenizer
 
-from nli_service.inference.documents import Windowing, deciding_window, sentence_spans
+from nli_service.config import Settings
+from nli_service.inference.documents import (
+    DEFAULT_WINDOW_SENTENCES,
+    RELATED,
+    Windowing,
+    deciding_window,
+    sentence_spans,
+)
 from nli_service.schemas import VerifyResponse
 
 MAX_LENGTH = 32
@@ -41,8 +48,8 @@ def tokenizer(model_dir):
 
 @pytest.fixture
 def verify_client(make_app):
-    """Windows of up to 2 sentences (so that they overlap), 32 tokens per pair."""
-    app = make_app(NLI_MAX_LENGTH=MAX_LENGTH, NLI_VERIFY_WINDOW_SENTENCES=2, NLI_MAX_PAIRS=16)
+    """The default windows (each sentence, and each with the next), 32 tokens per pair."""
+    app = make_app(NLI_MAX_LENGTH=MAX_LENGTH, NLI_MAX_PAIRS=32)
     with app.test_client() as client:
         yield client
 
@@ -72,20 +79,29 @@ def test_sentences_split_at_latin_chinese_and_japanese_ends_and_offsets_slice_th
     assert all(text[span.start : span.end] == span.text for span in spans)
 
 
-def test_windows_cover_the_document_overlap_by_one_sentence_and_fit_max_length(tokenizer) -> None:
-    windows = Windowing(tokenizer, MAX_LENGTH, window_sentences=3).windows(DOCUMENT, CLAIMS)
-    assert len(windows) > 2
-    assert windows[0].start == 0 and windows[-1].end == len(DOCUMENT)
+def test_windows_are_every_run_of_up_to_n_adjacent_sentences_that_fits_max_length(tokenizer) -> None:
     sentences = sentence_spans(DOCUMENT)
-    for before, after in zip(windows, windows[1:], strict=False):
-        shared = [s for s in sentences if before.start <= s.start and s.end <= before.end and s.start >= after.start]
-        assert len(shared) == 1 and shared[0].end == before.end  # the last sentence of one starts the next
+    runs = {(s.start, s.end): [s] for s in sentences}  # every sentence alone, and...
+    for size in (2, 3):
+        for first in range(len(sentences) - size + 1):
+            run = sentences[first : first + size]
+            runs[(run[0].start, run[-1].end)] = run
+    windows = Windowing(tokenizer, MAX_LENGTH, window_sentences=3).windows(DOCUMENT, CLAIMS)
+    assert len(windows) == len(set(windows)) and {(w.start, w.end) for w in windows} <= set(runs)
+    fitting = [
+        span
+        for span, run in runs.items()
+        if all(
+            len(tokenizer(DOCUMENT[span[0] : span[1]], c, truncation=False)["input_ids"]) <= MAX_LENGTH for c in CLAIMS
+        )
+    ]
+    assert {(w.start, w.end) for w in windows} == set(fitting)  # ...every run that fits, no other
+    assert any(len(runs[(w.start, w.end)]) == 2 for w in windows)  # at 32 tokens, neighbours fit together
+    assert [w.start for w in windows] == sorted(w.start for w in windows)  # in document order
     for window in windows:
         assert DOCUMENT[window.start : window.end] == window.text
-        for claim in CLAIMS:
-            assert len(tokenizer(window.text, claim, truncation=False)["input_ids"]) <= MAX_LENGTH
-    covered = {s.start for s in sentences for w in windows if w.start <= s.start and s.end <= w.end}
-    assert covered == {s.start for s in sentences}
+    default = Settings.from_env({}).verify_window_sentences
+    assert default == DEFAULT_WINDOW_SENTENCES == Windowing(tokenizer, MAX_LENGTH).window_sentences == 2  # overlapping
 
 
 def test_one_sentence_windows_do_not_overlap_and_a_too_long_sentence_is_cut_to_fit(tokenizer) -> None:
@@ -100,16 +116,24 @@ def test_one_sentence_windows_do_not_overlap_and_a_too_long_sentence_is_cut_to_f
         assert len(tokenizer(window.text, "A dog is outside.", truncation=False)["input_ids"]) <= MAX_LENGTH
 
 
-def test_relatedness_points_at_the_window_sharing_the_claims_distinctive_words(tokenizer) -> None:
-    windows = Windowing(tokenizer, MAX_LENGTH).windows(DOCUMENT, CLAIMS)
-    [dogs] = Windowing(tokenizer, MAX_LENGTH).relatedness(windows, ["The dogs are sleeping."])
-    assert windows[dogs.index(1.0)].text == "Two dogs are running in the park."
+def test_relatedness_points_at_the_sentence_sharing_the_claims_distinctive_words(tokenizer) -> None:
+    windowing = Windowing(tokenizer, MAX_LENGTH)
+    windows = windowing.windows(DOCUMENT, CLAIMS)
+    [dogs] = windowing.relatedness(windows, ["The dogs are sleeping."])
+    assert [w.text for w, value in zip(windows, dogs, strict=True) if value == 1.0] == [SENTENCES[1]]
+    # A window is as related as its least related sentence: the dogs joined to the guitar player are not.
+    joined = next(n for n, w in enumerate(windows) if w.text == f"{SENTENCES[0]} {SENTENCES[1]}")
+    guitar = next(n for n, w in enumerate(windows) if w.text == SENTENCES[0])
+    assert dogs[joined] == dogs[guitar] < RELATED
 
 
-def test_deciding_window_prefers_the_related_window_to_an_unrelated_contradiction() -> None:
-    # An SNLI model calls unrelated sentences contradictions; relatedness outweighs that.
+def test_deciding_window_is_summac_zs_among_the_windows_the_claim_is_about() -> None:
+    # An SNLI model calls unrelated sentences contradictions; only related windows are read.
     assert deciding_window([0.1, 1.0, 0.2], [0.0, 0.02, 0.0], [0.99, 0.05, 0.98]) == 1
     assert deciding_window([0.9, 1.0], [0.97, 0.01], [0.01, 0.95]) == 0  # entailed elsewhere: supported
+    # Among related windows the highest entailment - contradiction wins, not the most related one.
+    assert deciding_window([1.0, RELATED, RELATED - 0.01], [0.5, 0.6, 0.99], [0.0, 0.0, 0.0]) == 1
+    assert deciding_window([0.0, 0.0], [0.1, 0.7], [0.9, 0.1]) == 1  # no related window: all are read
     assert deciding_window([1.0, 1.0], [0.2, 0.2], [0.1, 0.1]) == 0  # a tie: the earlier window
 
 
@@ -206,11 +230,11 @@ def test_verify_limits_are_413(make_app) -> None:
         claims = client.post("/verify", json={"document": "A dog.", "claims": ["x"] * 5})
         windows = client.post("/verify", json={"document": DOCUMENT, "claims": ["A dog.", "A cat."]})
         chars = client.post("/verify", json={"document": "A dog runs. " * 100, "claims": ["x", "y"]})
-        fits = client.post("/verify", json={"document": "A dog runs. A cat sleeps.", "claims": ["A dog.", "A cat."]})
+        fits = client.post("/verify", json={"document": "A dog runs. A cat sleeps.", "claims": ["A dog."]})
     assert claims.status_code == 413 and "5 claims is more than the limit of 4" in claims.get_json()["error"]
-    assert windows.status_code == 413 and "8 windows x 2 claims is 16 pairs" in windows.get_json()["error"]
+    assert windows.status_code == 413 and "15 windows x 2 claims is 30 pairs" in windows.get_json()["error"]
     assert chars.status_code == 413 and "NLI_MAX_EXPANDED_CHARS" in chars.get_json()["error"]
-    assert fits.status_code == 200 and fits.get_json()["windows"] == 2
+    assert fits.status_code == 200 and fits.get_json()["windows"] == 3  # each sentence, and both together
 
 
 def test_verify_is_in_the_openapi_document_with_an_example_whose_offsets_slice_it(client) -> None:
@@ -231,7 +255,7 @@ def test_verify_is_in_the_openapi_document_with_an_example_whose_offsets_slice_i
 def test_client_verify_and_the_cli_against_the_real_service_and_locally(tiny_server, model_dir, tmp_path) -> None:
     from nli_service.client import NLIClient
 
-    text = " ".join(SENTENCES[:3])  # 3 windows: the server takes 4 pairs per request
+    text = " ".join(SENTENCES[:2])  # 3 windows (each sentence, and both): the server takes 4 pairs per request
     with NLIClient(tiny_server.url) as nli:
         verdicts = nli.verify(text, CLAIMS[:1])
         [prediction] = nli.batch_predict([(verdicts[0].evidence.text, CLAIMS[0])])

@@ -67,9 +67,14 @@ def build_documents(
     return built
 
 
-def evaluate_documents(engine: Any, documents: Sequence[Document], window_sentences: int = 1) -> dict[str, Any]:
-    """Accuracy of truncation, of windows and of the pairs alone; overall and for claims past the limit."""
+def evaluate_documents(
+    engine: Any, documents: Sequence[Document], window_sentences: int | None = None
+) -> dict[str, Any]:
+    """Accuracy of truncation, of windows (``/verify``'s default windows unless ``window_sentences``) and
+    of the pairs alone; overall and for claims past the limit."""
     from nli_service.inference import documents as document_windows
+
+    window_sentences = window_sentences or document_windows.DEFAULT_WINDOW_SENTENCES
     from nli_service.inference.types import Pair
 
     windowing = document_windows.Windowing(engine.tokenizer, engine.max_length, window_sentences)
@@ -143,7 +148,8 @@ def render(results: dict[str, Any], snli_pair_accuracy: float | None = None) -> 
     rows.append(("evidence within the limit", results["within_limit"]))
     lines = [
         f"{results['documents']} documents of {PREMISES_PER_DOCUMENT} shuffled SNLI test premises "
-        f"({results['windows_per_document']:.1f} windows each at max_length {results['max_length']}; "
+        f"({results['windows_per_document']:.1f} windows each, every run of 1 to {results['window_sentences']} "
+        f"adjacent sentences, at max_length {results['max_length']}; "
         f"{results['documents_truncated']:.0%} of the (document, claim) pairs are truncated), {results['claims']} "
         "claims (every hypothesis of a few of the premises, gold = their SNLI label); "
         f"{results['seconds']:.0f} s on this CPU.",

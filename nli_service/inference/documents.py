@@ -1,22 +1,22 @@
-"""Claims checked against a whole document: windows of sentences, scored in one call, aggregated per claim.
+"""Claims checked against a whole document: overlapping windows of sentences, scored in one call, aggregated per claim.
 
 A cross-encoder reads at most ``max_length`` tokens, so a long document paired with a claim
 would be truncated and its end never seen. Here the document is cut into sentences (Latin
 ``. ! ?`` before a space, Chinese and Japanese ``。！？`` with or without one, and line breaks),
-a sentence longer than a window into pieces at token boundaries, and the sentences are packed
-into windows of at most ``window_sentences`` sentences that fit ``max_length`` together with
-the longest claim. Windows of several sentences overlap by one (the last sentence of a window
-starts the next one), so two adjacent sentences are always read together. Every (window,
-claim) pair goes through the model in one call.
+a sentence longer than a window into pieces at token boundaries, and the windows are every run
+of 1 to ``window_sentences`` adjacent sentences that fits ``max_length`` together with the
+longest claim: with 2, each sentence alone and each pair of neighbours, so windows overlap and
+two adjacent sentences are always read together as well as apart. Every (window, claim) pair
+goes through the model in one call.
 
-Aggregation, per claim: the deciding window is the one with the highest
-``relatedness + P(entailment) - P(contradiction)``. ``P(e) - P(c)`` is SummaC-ZS's window
-score; relatedness (0 to 1) is the claim's share of the document's distinctive tokens found in
-the window: the idf-weighted overlap of their token ids (idf over the windows), divided by the
-best window's. Without it, a model trained on SNLI calls almost every *unrelated* sentence a
-contradiction (p ≈ 0.98), so "the window with the highest contradiction" is a random unrelated
-one; relatedness points at the window the claim is about. The claim's result is the deciding
-window's result, unchanged, and that window is its evidence.
+Aggregation, per claim: SummaC-ZS's score, the highest ``P(entailment) - P(contradiction)``
+over the windows, taken among the windows the claim is about: those whose every sentence has
+a relatedness of at least :data:`RELATED` (all windows if none has). A sentence's relatedness
+(0 to 1) is the idf-weighted overlap of its token ids with the claim's (idf over the
+document's sentences), divided by the best sentence's. Without that restriction, a model
+trained on SNLI calls almost every *unrelated* sentence a contradiction (p ≈ 0.98), and a
+related sentence joined to an unrelated one drifts towards entailment. The claim's result is
+the deciding window's result, unchanged, and that window is its evidence.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from typing import Any
 
 from nli_service.inference.engine import Checkable, ScoresModel, predictions_of
 from nli_service.inference.types import CONTRADICTION, ENTAILMENT, Pair, Span, Verdict
+
+DEFAULT_WINDOW_SENTENCES = 2
+RELATED = 0.5
+"""Least relatedness of every sentence of a window for the claim to be about it (chosen on SNLI validation)."""
 
 # A sentence ends after . ! ? (and closing quotes or brackets) before whitespace, after 。！？
 # (and closing marks) anywhere, or at a line break.
@@ -58,7 +62,7 @@ def _stripped(text: str, start: int, end: int) -> Span | None:
 class Windowing:
     """Cuts documents into windows that fit the model's ``max_length`` with a claim."""
 
-    def __init__(self, tokenizer: Any, max_length: int, window_sentences: int = 1) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, window_sentences: int = DEFAULT_WINDOW_SENTENCES) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.window_sentences = window_sentences
@@ -69,25 +73,19 @@ class Windowing:
         return max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True) - claim_tokens)
 
     def windows(self, document: str, claims: Sequence[str]) -> list[Span]:
-        """Overlapping windows of whole sentences covering ``document``, each fitting with every claim."""
+        """Every run of 1 to ``window_sentences`` adjacent sentences that fits with every claim, in
+        document order (by first sentence, then shorter first)."""
         budget = self.budget(claims)
         units = self._units(document, budget)
-        lengths = [length for _, length in units]
-        windows, first = [], 0
-        while first < len(units):
-            last, used = first, lengths[first]  # a unit alone always fits: _units cut the longer ones
-            while (
-                last + 1 < len(units)
-                and last + 1 - first < self.window_sentences
-                and used + lengths[last + 1] <= budget
-            ):
-                last += 1
-                used += lengths[last]
-            start, end = units[first][0].start, units[last][0].end
-            windows.append(Span(start, end, document[start:end]))
-            if last + 1 == len(units):
-                break
-            first = last if last > first else last + 1  # the last sentence starts the next window
+        windows = []
+        for first in range(len(units)):
+            used = 0  # a unit alone always fits: _units cut the longer ones
+            for last in range(first, min(first + self.window_sentences, len(units))):
+                used += units[last][1]
+                if used > budget:
+                    break
+                start, end = units[first][0].start, units[last][0].end
+                windows.append(Span(start, end, document[start:end]))
         return windows
 
     def _units(self, document: str, budget: int) -> list[tuple[Span, int]]:
@@ -113,21 +111,34 @@ class Windowing:
         return pieces
 
     def relatedness(self, windows: Sequence[Span], claims: Sequence[str]) -> list[list[float]]:
-        """For each claim, each window's share of the claim's distinctive tokens, 1 for the best window.
+        """For each claim, each window's relatedness: that of its least related sentence.
 
-        A token's weight is its idf over the windows (``log(windows / windows holding it)``): a token
-        found in every window, such as "the", weighs nothing.
+        A sentence's relatedness is the claim's share of the document's distinctive tokens found in
+        it, 1 for the best sentence; a token weighs its idf over the sentences (``log(sentences /
+        sentences holding it)``): a token found in every sentence, such as "the", weighs nothing.
         """
-        window_tokens = [set(ids) for ids in self._token_ids([window.text for window in windows])]
-        holding = Counter(token for tokens in window_tokens for token in tokens)
+        members = [
+            [
+                Span(window.start + part.start, window.start + part.end, part.text)
+                for part in sentence_spans(window.text)
+            ]
+            for window in windows
+        ]
+        sentences = list(dict.fromkeys(sentence for parts in members for sentence in parts))
+        sentence_tokens = [set(ids) for ids in self._token_ids([sentence.text for sentence in sentences])]
+        holding = Counter(token for tokens in sentence_tokens for token in tokens)
         table = []
         for claim_ids in self._token_ids(list(claims)):
             overlaps = [
-                sum(math.log(len(windows) / holding[token]) for token in set(claim_ids) & tokens)
-                for tokens in window_tokens
+                sum(math.log(len(sentences) / holding[token]) for token in set(claim_ids) & tokens)
+                for tokens in sentence_tokens
             ]
-            best = max(overlaps)
-            table.append([overlap / best if best > 0 else 0.0 for overlap in overlaps])
+            best = max(overlaps, default=0.0)
+            related = {
+                sentence: overlap / best if best > 0 else 0.0
+                for sentence, overlap in zip(sentences, overlaps, strict=True)
+            }
+            table.append([min(related[sentence] for sentence in parts) for parts in members])
         return table
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -158,6 +169,7 @@ def verify(
 
 
 def deciding_window(relatedness: Sequence[float], entailment: Sequence[float], contradiction: Sequence[float]) -> int:
-    """The window with the highest ``relatedness + entailment - contradiction`` (the earliest on a tie)."""
-    scores = [r + e - c for r, e, c in zip(relatedness, entailment, contradiction, strict=True)]
-    return max(range(len(scores)), key=scores.__getitem__)
+    """SummaC-ZS among the windows the claim is about: the highest ``entailment - contradiction`` among the
+    windows whose ``relatedness`` is at least :data:`RELATED` (among all if none is), the earliest on a tie."""
+    about = [window for window, value in enumerate(relatedness) if value >= RELATED] or range(len(relatedness))
+    return max(about, key=lambda window: (entailment[window] - contradiction[window], -window))
