@@ -229,6 +229,12 @@ class Settings:
         _non_negative_int,
         "glibc malloc arenas a worker's threads share (0: glibc's default, 8 per core; each fragments on its own)",
     )
+    kernel_cache: int = _setting(
+        "NLI_KERNEL_CACHE",
+        "128",
+        _non_negative_int,
+        "oneDNN kernels (one per tensor shape) a worker keeps for reuse; oneDNN's own 1024 grew workers for an hour",
+    )
     request_timeout: float = _setting(
         "NLI_REQUEST_TIMEOUT", "20", _positive_float, "seconds a request may take (more: 408)"
     )

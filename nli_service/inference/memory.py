@@ -13,6 +13,13 @@ threads each tokenising and decoding grow as many heaps, each fragmenting on its
 worker's RSS creeps up for tens of minutes. :func:`limit_malloc_arenas` caps them (as
 ``MALLOC_ARENA_MAX`` would, but it works after a fork, where the environment variable is read
 too early to matter). Elsewhere than glibc both do nothing.
+
+oneDNN, which runs torch's CPU kernels, keeps every primitive (a kernel built for one tensor
+shape) it creates, up to 1024 of them. Padded passes come in ever new shapes (pairs x tokens),
+so a worker's memory grew by tens of MiB over an hour as that cache filled, whatever the
+allocator (glibc, capped mmap threshold and jemalloc all grew alike; a capacity of 0 stayed flat).
+:func:`limit_kernel_cache` bounds it; a pass reuses its kernels across layers, so a small cache
+keeps the speed (docs/reliability.md has the measurement).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import time
 
 LARGE_FORWARD_TOKENS = 4096
@@ -28,6 +36,7 @@ TRIM_INTERVAL_SECONDS = 30.0
 
 
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+ONEDNN_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 @functools.cache
@@ -46,6 +55,12 @@ def limit_malloc_arenas(count: int) -> bool:
     if mallopt is None or count <= 0:
         return False
     return bool(mallopt(_M_ARENA_MAX, count))
+
+
+def limit_kernel_cache(capacity: int) -> None:
+    """Keep at most ``capacity`` oneDNN primitives in this process. oneDNN reads the capacity when it
+    first builds one, so this must run before the process's first forward pass (a worker's warm-up)."""
+    os.environ[ONEDNN_CACHE_VARIABLE] = str(capacity)
 
 
 def release_free_memory() -> bool:

@@ -184,7 +184,7 @@ def post_worker_init(worker: Any) -> None:
     batching = isinstance(worker, ThreadWorker)  # requests arrive on several threads: batch them
     table = TABLE if slot is not None else None
     try:
-        prepare_worker(WorkerContext(threads, batching, table, slot, settings.malloc_arenas))
+        prepare_worker(WorkerContext(threads, batching, table, slot, settings.malloc_arenas, settings.kernel_cache))
     except Exception as error:  # noqa: BLE001 - decided below: halt the server, or let it replace this worker
         _worker_failed_to_start(worker, error)
     worker.wsgi.config["DRAINING"] = TABLE.draining  # /ready: 503 once the server drains

@@ -62,7 +62,9 @@ def run_dev_server(app) -> None:
     from nli_service.tracing import start_tracing
 
     settings = app.config["NLI_SETTINGS"]
-    prepare_worker(WorkerContext(threads=settings.torch_threads_for(workers=1), batching=False))
+    prepare_worker(
+        WorkerContext(threads=settings.torch_threads_for(workers=1), batching=False, kernel_cache=settings.kernel_cache)
+    )
     start_tracing(settings)
     if settings.metrics_port:
         start_metrics_or_exit(settings, worker_pids=lambda: [os.getpid()])  # this process serves

@@ -81,6 +81,7 @@ class WorkerContext:
     table: CoreTable | None = None
     slot: int | None = None
     malloc_arenas: int = 0  # 0: glibc's default
+    kernel_cache: int | None = None  # oneDNN primitives kept (None: oneDNN's default)
 
 
 _engine: NLIEngine | None = None
@@ -169,6 +170,8 @@ def prepare_worker(context: WorkerContext) -> None:
     global _worker
     _worker = context
     memory.limit_malloc_arenas(context.malloc_arenas)
+    if context.kernel_cache is not None:
+        memory.limit_kernel_cache(context.kernel_cache)
     set_torch_threads(context.threads)
     if _engine is not None:
         _engine.start(context.threads)
