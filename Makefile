@@ -39,7 +39,7 @@ test-services: ## the real components the tests drive (Debian's nginx, redis-ser
 test-fast: $(STAMP) ## the tests that start no server and take under ~5 s each (under a minute)
 	$(BIN)/python -m pytest -q -m "not server and not slow"
 
-fuzz: $(STAMP) ## schemathesis (2,400 requests over every operation of /openapi.json) + hypothesis on validation; exit 1 on any failure
+fuzz: $(STAMP) ## schemathesis (2,800 requests over every operation of /openapi.json) + hypothesis on validation; exit 1 on any failure
 	$(BIN)/python -m fuzz $(ARGS)
 
 soak: $(STAMP) ## 20 min of full mixed load (locust) on the default layout: 0 5xx, worker RSS +< 5 %, p99 stable; docs/soak.png, docs/reliability.md
