@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,17 +54,19 @@ def build_documents(
     built = []
     for _ in range(documents):
         chosen = rng.sample(premises, PREMISES_PER_DOCUMENT)  # already in random order
-        sentences = [premise if premise.endswith((".", "!", "?")) else premise + "." for premise in chosen]
-        text, ends = "", {}
-        for premise, sentence in zip(chosen, sentences, strict=True):
-            text += ("" if not text else " ") + sentence
-            ends[premise] = len(text)
-        claimed = rng.sample(chosen, premises_with_claims)
-        claims = [
-            Claim(e.hypothesis, e.label, premise, ends[premise]) for premise in claimed for e in by_premise[premise]
-        ]
-        built.append(Document(text, claims))
+        built.append(document_of(chosen, rng.sample(chosen, premises_with_claims), by_premise))
     return built
+
+
+def document_of(premises: Sequence[str], claimed: Sequence[str], examples: Mapping[str, Sequence[Example]]) -> Document:
+    """``premises`` in this order, one a sentence; the claims are every hypothesis ``examples`` has for ``claimed``."""
+    text, ends = "", {}
+    for premise in premises:
+        text += ("" if not text else " ") + (premise if premise.endswith((".", "!", "?")) else premise + ".")
+        ends[premise] = len(text)
+    return Document(
+        text, [Claim(e.hypothesis, e.label, premise, ends[premise]) for premise in claimed for e in examples[premise]]
+    )
 
 
 def evaluate_documents(
@@ -73,9 +75,9 @@ def evaluate_documents(
     """Accuracy of truncation, of windows (``/verify``'s default windows unless ``window_sentences``) and
     of the pairs alone; overall and for claims past the limit."""
     from nli_service.inference import documents as document_windows
+    from nli_service.inference.types import Pair
 
     window_sentences = window_sentences or document_windows.DEFAULT_WINDOW_SENTENCES
-    from nli_service.inference.types import Pair
 
     windowing = document_windows.Windowing(engine.tokenizer, engine.max_length, window_sentences)
     specials = engine.tokenizer.num_special_tokens_to_add(pair=True)

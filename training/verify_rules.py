@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.document_eval import PREMISES_PER_DOCUMENT, Claim, Document
+from training.document_eval import PREMISES_PER_DOCUMENT, Document, document_of
 
 MAX_LENGTH = 256
 CLAIMED_PREMISES = 8  # per document: ~457 held-out premises make 57 documents
@@ -52,12 +52,7 @@ def held_out_documents(documents: int, seed: int) -> list[Document]:
         claimed = claimed_premises[number * CLAIMED_PREMISES : (number + 1) * CLAIMED_PREMISES]
         chosen = claimed + rng.sample(others, PREMISES_PER_DOCUMENT - len(claimed))
         rng.shuffle(chosen)
-        text, ends = "", {}
-        for premise in chosen:
-            text += ("" if not text else " ") + (premise if premise.endswith((".", "!", "?")) else premise + ".")
-            ends[premise] = len(text)
-        claims = [Claim(e.hypothesis, e.label, premise, ends[premise]) for premise in claimed for e in held[premise]]
-        built.append(Document(text, claims))
+        built.append(document_of(chosen, claimed, held))
     return built
 
 
@@ -112,14 +107,10 @@ def _literal(among: Sequence[int], entailment: Sequence[float], contradiction: S
     return best_e if entailment[best_e] >= contradiction[best_c] else best_c
 
 
-def _related(relatedness: Sequence[float], threshold: float) -> list[int]:
-    return [w for w, value in enumerate(relatedness) if value >= threshold] or list(range(len(relatedness)))
-
-
 def rules() -> dict[str, Rule]:
     """The candidates: SummaC-ZS's max(e - c), the literal max-entailment vs max-contradiction comparison, each
     over all windows or only the related ones, and the earlier highest relatedness + e - c."""
-    from nli_service.inference.documents import deciding_window
+    from nli_service.inference.documents import deciding_window, related_windows
 
     found: dict[str, Rule] = {
         "max(e-c), all windows": lambda r, e, c: _max_e_minus_c(range(len(r)), e, c),
@@ -129,9 +120,11 @@ def rules() -> dict[str, Rule]:
     }
     for threshold in (0.5, 0.7, 0.9, 1.0):
         found[f"max(e-c), relatedness >= {threshold}"] = lambda r, e, c, t=threshold: _max_e_minus_c(
-            _related(r, t), e, c
+            related_windows(r, t), e, c
         )
-        found[f"literal, relatedness >= {threshold}"] = lambda r, e, c, t=threshold: _literal(_related(r, t), e, c)
+        found[f"literal, relatedness >= {threshold}"] = lambda r, e, c, t=threshold: _literal(
+            related_windows(r, t), e, c
+        )
     return found
 
 
@@ -144,6 +137,7 @@ def evaluate(table: dict[str, Any]) -> list[dict[str, Any]]:
     from nli_service.inference.types import Span
 
     windowing = Windowing(AutoTokenizer.from_pretrained(str(bundled_model_dir())), MAX_LENGTH)
+    candidates = rules()
     counts: dict[tuple[str, str], dict[str, list[int]]] = {}
     for set_name, sizes in WINDOW_SETS.items():
         for document in table["documents"]:
@@ -159,7 +153,7 @@ def evaluate(table: dict[str, Any]) -> list[dict[str, Any]]:
                 scores = [claim["scores"][n] for n in chosen]
                 entailment = [s["entailment"] for s in scores]
                 contradiction = [s["contradiction"] for s in scores]
-                for rule_name, rule in rules().items():
+                for rule_name, rule in candidates.items():
                     decider = rule(related, entailment, contradiction)
                     right = max(scores[decider], key=scores[decider].get) == claim["gold"]
                     holds = claim["premise"] in spans[decider].text

@@ -171,5 +171,9 @@ def verify(
 def deciding_window(relatedness: Sequence[float], entailment: Sequence[float], contradiction: Sequence[float]) -> int:
     """SummaC-ZS among the windows the claim is about: the highest ``entailment - contradiction`` among the
     windows whose ``relatedness`` is at least :data:`RELATED` (among all if none is), the earliest on a tie."""
-    about = [window for window, value in enumerate(relatedness) if value >= RELATED] or range(len(relatedness))
-    return max(about, key=lambda window: (entailment[window] - contradiction[window], -window))
+    return max(related_windows(relatedness), key=lambda window: (entailment[window] - contradiction[window], -window))
+
+
+def related_windows(relatedness: Sequence[float], least: float = RELATED) -> list[int]:
+    """The windows whose relatedness is at least ``least``; every window if none is."""
+    return [window for window, value in enumerate(relatedness) if value >= least] or list(range(len(relatedness)))
