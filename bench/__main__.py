@@ -52,7 +52,8 @@ from nli_service.inference.types import NLI_LABELS, Pair, Prediction
 
 CORES = available_cores()
 DEFAULT_WORKERS = default_layout(CORES).workers  # what `make run` starts on this machine
-VARIANTS = ("torch/none", "onnx/none", "onnx/int8")  # backend/quantize, compared side by side (int8 is ONNX int8)
+VARIANTS = ("torch/none", "torch/none padded", "onnx/none", "onnx/int8")  # backend/quantize, side by side
+# (int8 is ONNX int8; "padded": NLI_PADDING_FREE=false, every pass padded to its longest pair)
 REFERENCE = "torch/none"
 ENGINE_ROUNDS = 3  # backend rounds before the default service; one more before each of its rounds
 RAW_PAIRS = 128  # the raw engine's pairs: the first single-pair bodies the service is sent
@@ -71,6 +72,12 @@ def _load_engine(model: str, backend: str = "torch", quantize: str = "none", thr
     )
     engine.start(threads)
     return engine
+
+
+def _variant_engine(model: str, variant: str):
+    """The engine of a ``VARIANTS`` name: ``backend/quantize``, ``padded`` after a space."""
+    backend, _, quantize = variant.split()[0].partition("/")
+    return _load_engine(model, backend, quantize, padding_free=not variant.endswith(" padded"))
 
 
 def _pairs_per_second(
@@ -170,7 +177,7 @@ class BackendRounds:
     could fall mostly into one (docs/performance.md)."""
 
     def __init__(self, model: str, pairs: list[Pair], seconds: float) -> None:
-        self.engines = {name: _load_engine(model, *name.split("/")) for name in VARIANTS}
+        self.engines = {name: _variant_engine(model, name) for name in VARIANTS}
         expected = self.engines[REFERENCE].predict(pairs[:256])
         self.agreement = {
             name: _agreement(expected, engine.predict(pairs[:256])) for name, engine in self.engines.items()
@@ -400,11 +407,24 @@ def _post(service: Service, path: str, body: dict) -> bytes:
         return response.read()
 
 
-def _cache_hits(service: Service) -> float:
-    """``nli_cache_hits_total`` of every worker, from the service's metrics port."""
+def _cache_counter(service: Service, name: str = "hits") -> float:
+    """``nli_cache_<name>_total`` of every worker, from the service's metrics port."""
     with urllib.request.urlopen(service.metrics_url, timeout=10) as response:
         lines = response.read().decode().splitlines()
-    return sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith("nli_cache_hits_total{"))
+    return sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(f"nli_cache_{name}_total{{"))
+
+
+def warm_every_worker(service: Service, hot: list[Pair], most_rounds: int = 30) -> int:
+    """Send the hot pairs until a whole round of them is answered from the cache: each worker
+    has its own in-process cache and gets whichever requests the kernel hands it, so one
+    round leaves some workers without some hot pairs. Returns the rounds it took."""
+    bodies = [{"pairs": as_json(hot[i : i + CACHE_BODY_PAIRS])} for i in range(0, len(hot), CACHE_BODY_PAIRS)]
+    for rounds in range(1, most_rounds + 1):
+        misses = _cache_counter(service, "misses")
+        _drive(service, "/batch-predict", bodies * DEFAULT_WORKERS, DEFAULT_WORKERS, 600, once=True)
+        if rounds > 1 and _cache_counter(service, "misses") == misses:
+            return rounds
+    raise RuntimeError(f"the hot pairs were still computed after {most_rounds} rounds")
 
 
 def check_cached_answers(on: Service, off: Service, bodies: list[dict]) -> dict[str, Any]:
@@ -412,7 +432,7 @@ def check_cached_answers(on: Service, off: Service, bodies: list[dict]) -> dict[
     (from the cache of the worker that computed it; a worker that had not met it computes it
     too): every answer must equal the computed one, and each whole response its bytes. The
     cache-off service's answers are compared as probabilities."""
-    hits_before = _cache_hits(on)
+    hits_before = _cache_counter(on)
     answers = equal = identical = 0
     computed_results: list[Prediction] = []
     uncached_results: list[Prediction] = []
@@ -428,7 +448,7 @@ def check_cached_answers(on: Service, off: Service, bodies: list[dict]) -> dict[
         uncached_results += [Prediction(**row) for row in json.loads(_post(off, "/batch-predict", body))["results"]]
     return {
         "answers": answers,
-        "from_the_cache": int(_cache_hits(on) - hits_before),
+        "from_the_cache": int(_cache_counter(on) - hits_before),
         "equal_share": round(equal / answers, 4),
         "identical_responses": f"{identical}/{3 * len(bodies)}",
         "against_cache_off": _agreement(uncached_results, computed_results),
@@ -453,17 +473,24 @@ def measure_cache(common: dict[str, str]) -> dict[str, Any]:
     try:
         for service in services.values():
             service.wait_ready(DEFAULT_WORKERS)
-            # warm-up: every worker meets the hot pairs
+        warm_up_rounds = warm_every_worker(services["on"], hot)
+        for service in services.values():  # the same requests, so that both run equally warm
             _drive(service, "/batch-predict", cache_bodies("/batch-predict", hot, hot), 2, 4)
         for _ in range(SERVICE_ROUNDS):
             for workload, (path, concurrency, requests) in CACHE_WORKLOADS.items():
                 bodies = cache_bodies(path, hot, [next(fresh) for _ in range(_fresh_pairs(path, requests))])
                 for name, service in services.items():
-                    runs[workload][name].append(_drive(service, path, bodies, concurrency, 600, once=True))
+                    misses = _cache_counter(service, "misses") if name == "on" else 0.0
+                    run = _drive(service, path, bodies, concurrency, 600, once=True)
+                    if name == "on":  # the pairs this run computed: the new half alone
+                        pairs = sum(len(body.get("pairs", [None])) for body in bodies)
+                        run["computed_share"] = (_cache_counter(service, "misses") - misses) / pairs
+                    runs[workload][name].append(run)
         check_bodies = [
             {"pairs": as_json(check[i : i + CACHE_BODY_PAIRS])} for i in range(0, check_size, CACHE_BODY_PAIRS)
         ]
         result: dict[str, Any] = {"check": check_cached_answers(services["on"], services["off"], check_bodies)}
+        result["warm_up_rounds"] = warm_up_rounds
     finally:
         for service in services.values():
             service.stop()
@@ -475,6 +502,7 @@ def measure_cache(common: dict[str, str]) -> dict[str, Any]:
         result[workload] = {name: _summary(name_runs) for name, name_runs in by_service.items()}
         result[workload]["speedup"] = round(statistics.median(ratios), 2)
         result[workload]["speedup_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
+        result[workload]["computed_share"] = [round(run["computed_share"], 3) for run in by_service["on"]]
     headline = {
         workload: {k: _without_requests(v) for k, v in result[workload].items()} for workload in CACHE_WORKLOADS
     }

@@ -192,6 +192,12 @@ class Settings:
     sort_by_length: bool = _setting(
         "NLI_SORT_BY_LENGTH", "true", _boolean, "sort a request's pairs by length before chunking (less padding)"
     )
+    padding_free: bool = _setting(
+        "NLI_PADDING_FREE",
+        "true",
+        _boolean,
+        "torch: forward passes on real tokens only, pairs packed into one row (BERT/RoBERTa layouts; others padded)",
+    )
     batch_wait_ms: float = _setting(
         "NLI_BATCH_WAIT_MS",
         "5",

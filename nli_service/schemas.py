@@ -687,6 +687,7 @@ class ModelInfo(BaseModel):
                     "backend": "torch",
                     "quantize": "none",
                     "quantization": "none",
+                    "padding_free": True,
                     "max_length": 512,
                     "batch_size": 8,
                     "max_batch_tokens": 8192,
@@ -725,6 +726,9 @@ class ModelInfo(BaseModel):
     backend: str
     quantize: str
     quantization: str = Field(description="How the model is quantised, in words.")
+    padding_free: bool = Field(
+        description="Forward passes run on the pairs' real tokens only (NLI_PADDING_FREE, torch, BERT/RoBERTa layouts)."
+    )
     max_length: int
     batch_size: int
     max_batch_tokens: int

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
+from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig, RobertaConfig
 
 DEFAULT_ID2LABEL = {0: "contradiction", 1: "entailment", 2: "neutral"}
 WORDS = (
@@ -64,23 +64,24 @@ def build_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Save a random ``architecture`` classifier (bert or roberta) to ``folder``.
+    """Save a random ``architecture`` classifier (bert, roberta or distilbert) to ``folder``.
 
     ``classifier_bias`` zeroes the classifier weights and sets its bias, so the
     model always predicts a known output index whatever the input.
     """
     id2label = dict(DEFAULT_ID2LABEL if id2label is None else id2label)
+    labels = dict(
+        num_labels=len(id2label), id2label=id2label, label2id={name: index for index, name in id2label.items()}
+    )
     common = dict(
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=max(1, hidden_size // 16),
         intermediate_size=hidden_size * 2,
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={name: index for index, name in id2label.items()},
         initializer_range=0.05,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        **labels,
     )
     if architecture == "roberta":
         tokenizer = _roberta_tokenizer(folder, max_length=max_positions - 2)
@@ -90,6 +91,19 @@ def build_model(
             pad_token_id=1,
             type_vocab_size=1,
             **common,
+        )
+    elif architecture == "distilbert":
+        tokenizer = _bert_tokenizer(folder, max_length=max_positions)
+        config = DistilBertConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max_positions,
+            dim=hidden_size,
+            n_layers=layers,
+            n_heads=max(1, hidden_size // 16),
+            hidden_dim=hidden_size * 2,
+            dropout=0.0,
+            attention_dropout=0.0,
+            **labels,
         )
     else:
         tokenizer = _bert_tokenizer(folder, max_length=max_positions)

@@ -198,6 +198,7 @@ def test_backend_speed_is_compared_with_torch_fp32_of_the_same_round() -> None:
     rounds.rates = {name: [] for name in bench.VARIANTS}
     for fp32 in (50.0, 25.0, 50.0):
         rounds.rates["torch/none"].append(fp32)
+        rounds.rates["torch/none padded"].append(fp32 * 0.8)
         rounds.rates["onnx/none"].append(fp32)
         rounds.rates["onnx/int8"].append(2 * fp32 if fp32 == 25.0 else 3 * fp32)
     summary = rounds.summary()
@@ -205,6 +206,7 @@ def test_backend_speed_is_compared_with_torch_fp32_of_the_same_round() -> None:
     assert summary["onnx/int8"]["speed_over_fp32"] == 3.0
     assert summary["onnx/int8"]["speed_over_fp32_range"] == [2.0, 3.0]
     assert summary["torch/none"]["rounds"] == 3
+    assert summary["torch/none padded"]["speed_over_fp32"] == 0.8
 
 
 def test_raw_engine_figures_are_medians_over_the_rounds_measured(model_dir, monkeypatch) -> None:

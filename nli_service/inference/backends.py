@@ -1,5 +1,7 @@
 """Backends run one padded batch: ``backend(inputs) -> float32 logits``.
 
+The torch backend computes it without the padding where it can (``padding_free``).
+
 - ``torch``: the transformers model itself, in float32 / float16 / bfloat16. It has no int8
   mode: torch 2.13's only CPU dynamic-int8 API (``torch.ao.quantization.quantize_dynamic``)
   is deprecated, so int8 is ONNX int8 (``NLI_QUANTIZE=int8`` picks the onnx backend).
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from nli_service.inference import int8
+from nli_service.inference.padding_free import PAD_PRICE, PaddingFree
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class Backend(Protocol):
     quantization: str  # how, in words, for /model
     dtype: torch.dtype  # what the model computes in, once started
     variant: str  # what its answers depend on besides the model's files (cached results are keyed by it)
+    padding_free: bool  # passes run on real tokens only (known after start())
+    pad_price: float  # what a padded token costs, in real tokens
 
     def start(self, threads: int) -> None: ...
 
@@ -53,31 +58,44 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The transformers model itself, computing in ``dtype``."""
+    """The transformers model itself, computing in ``dtype``; padding-free where the model
+    allows it (:mod:`nli_service.inference.padding_free`)."""
 
     name = "torch"
     quantize = "none"
     quantization = "none"
 
-    def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype | None = None, padding_free: bool = True) -> None:
         self.model = model
         self.dtype = dtype or model.dtype
         self.variant = f"torch-{str(self.dtype).removeprefix('torch.')}"
-        self._runnable = model if model.dtype == self.dtype else None
+        self.padding_free = padding_free  # asked for; whether it runs is known after start()
+        self._packed: PaddingFree | None = None
+        self._started = False
+
+    @property
+    def pad_price(self) -> float:
+        """What a padded token costs, in real tokens (``plan_chunks`` weighs passes with it)."""
+        return PAD_PRICE if self._packed is not None else 1.0
 
     def start(self, threads: int) -> None:
-        if self._runnable is not None:
+        if self._started:
             return
         if self.model.dtype != self.dtype:
             self.model.to(self.dtype)
-        self._runnable = self.model
+        if self.padding_free:
+            self._packed = PaddingFree.attach(self.model)
+            self.padding_free = self._packed is not None
+        self._started = True
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self._runnable is None:  # used before start(): cast now
+        if not self._started:  # used before start(): cast (and check packing) now
             self.start(torch.get_num_threads())
         device = self.model.device
         with torch.inference_mode():
-            return self._runnable(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
+            if self._packed is not None and "attention_mask" in inputs:
+                return self._packed(inputs).float().cpu()
+            return self.model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
 def onnx_cache_dir() -> Path:
@@ -180,6 +198,8 @@ class OnnxBackend:
 
     name = "onnx"
     dtype = torch.float32  # exported from float32 weights
+    padding_free = False  # the exported graph takes padded batches
+    pad_price = 1.0
 
     def __init__(
         self, model_path: str, input_names: list[str], quantize: str = "none", calibration_data: str | None = None

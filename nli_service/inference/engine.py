@@ -106,26 +106,35 @@ FORWARD_OVERHEAD_TOKENS = 32
 kept on the side of fewer, larger passes)."""
 
 
-def plan_chunks(lengths: Sequence[int], max_pairs: int, max_tokens: int, sort: bool = True) -> list[list[int]]:
+def plan_chunks(
+    lengths: Sequence[int], max_pairs: int, max_tokens: int, sort: bool = True, pad_price: float = 1.0
+) -> list[list[int]]:
     """Group pair indices into forward passes of at most ``max_pairs`` pairs and at most
     ``max_tokens`` padded tokens (a single pair always fits).
 
     Sorted by length (longest first), the pairs are cut into runs of similar length so as
-    to minimise padded tokens plus :data:`FORWARD_OVERHEAD_TOKENS` per pass: a few long
-    pairs among short ones get their own pass instead of padding the short ones to their
-    length. ``sort=False`` fills passes in input order (the naive baseline of ``make bench``).
+    to minimise their cost: real tokens, plus padding at ``pad_price`` real tokens each (1 for
+    a padded pass, less for a padding-free one), plus :data:`FORWARD_OVERHEAD_TOKENS` per
+    pass. A few long pairs among short ones get their own pass instead of padding the short
+    ones to their length. ``sort=False`` fills passes in input order (the naive baseline of
+    ``make bench``).
     """
     if not sort:
         return _chunks_in_input_order(lengths, max_pairs, max_tokens)
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     count = len(order)
-    cost = [0] * (count + 1)  # cost[k]: the cheapest plan for order[k:]
+    real = [0] * (count + 1)  # real[k]: the tokens of order[:k]
+    for position, index in enumerate(order):
+        real[position + 1] = real[position] + lengths[index]
+    cost = [0.0] * (count + 1)  # cost[k]: the cheapest plan for order[k:]
     size = [0] * (count + 1)  # size[k]: how many pairs its first pass takes
     for start in range(count - 1, -1, -1):
         width = lengths[order[start]]  # the longest pair of any pass starting here
         most = min(max_pairs, count - start, max(1, max_tokens // max(width, 1)))
         for taken in range(most, 0, -1):  # larger passes first: a tie keeps the larger one
-            total = taken * width + FORWARD_OVERHEAD_TOKENS + cost[start + taken]
+            tokens = real[start + taken] - real[start]
+            padding = taken * width - tokens
+            total = tokens + pad_price * padding + FORWARD_OVERHEAD_TOKENS + cost[start + taken]
             if size[start] == 0 or total < cost[start]:
                 cost[start], size[start] = total, taken
     chunks, start = [], 0
@@ -196,6 +205,7 @@ class NLIEngine:
         hub_timeout: float = 5.0,
         fallback: bool = False,
         calibration_data: str | None = None,
+        padding_free: bool = True,
         model_version: ModelVersion | None = None,
         **options: Any,
     ) -> NLIEngine:
@@ -220,7 +230,7 @@ class NLIEngine:
             if backend == "onnx":
                 runner: Backend = OnnxBackend(source.path, inputs, quantize, calibration_data)
             else:
-                runner = TorchBackend(network, torch_dtype)
+                runner = TorchBackend(network, torch_dtype, padding_free)
         except RuntimeError as error:
             raise ModelLoadError(str(error)) from None
         try:
@@ -271,7 +281,9 @@ class NLIEngine:
     def run(self, encoded: Encoded, deadline: Checkable | None = None) -> torch.Tensor:
         """Forward every encoded pair in length-sorted chunks; logits back in input order."""
         output = torch.empty((len(encoded.lengths), len(self.labels.names)), dtype=torch.float32)
-        chunks = plan_chunks(encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length)
+        chunks = plan_chunks(
+            encoded.lengths, self.batch_size, self.max_batch_tokens, self.sort_by_length, self.backend.pad_price
+        )
         try:
             for chunk in chunks:
                 if deadline is not None:
@@ -379,6 +391,7 @@ class NLIEngine:
             "backend": self.backend.name,
             "quantize": self.backend.quantize,
             "quantization": self.backend.quantization,
+            "padding_free": self.backend.padding_free,
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens,

@@ -46,6 +46,7 @@ class EngineSpec:
     max_length: int | None
     max_batch_tokens: int
     sort_by_length: bool
+    padding_free: bool
     model_version: ModelVersion | None = None  # from NLI_MODEL_REPOSITORY
 
     @classmethod
@@ -64,6 +65,7 @@ class EngineSpec:
             max_length=settings.max_length,
             max_batch_tokens=settings.max_batch_tokens,
             sort_by_length=settings.sort_by_length,
+            padding_free=settings.padding_free,
             model_version=model_version,
         )
 
