@@ -58,15 +58,18 @@ def plot_concurrency(result: dict[str, Any], path: Path) -> None:
 
 
 def plot_long_tail(result: dict[str, Any], path: Path) -> None:
-    """Pairs/s on the long-tail workload: input order (the guide's way) against length-sorted chunks."""
+    """Pairs/s on the long-tail workload: padded passes in input order (the guide's way), padded and
+    length-sorted, and the default passes (length-sorted, padding-free where the model allows)."""
     plt = pyplot()
     tail = result["engine"]["long_tail"]
     batches = sorted({int(key.rsplit("_b", 1)[1]) for key in tail})
     figure, axis = plt.subplots(figsize=(6, 4))
-    width = 0.38
-    for offset, (order, label) in enumerate((("unsorted", "input order"), ("sorted", "length-sorted"))):
+    kinds = [("unsorted", "padded, input order"), ("sorted", "padded, length-sorted"), ("default", "default")]
+    kinds = [(kind, label) for kind, label in kinds if f"{kind}_b{batches[0]}" in tail]
+    width = 0.8 / len(kinds)
+    for offset, (order, label) in enumerate(kinds):
         values = [tail[f"{order}_b{batch}"] for batch in batches]
-        positions = [index + (offset - 0.5) * width for index in range(len(batches))]
+        positions = [index + (offset - (len(kinds) - 1) / 2) * width for index in range(len(batches))]
         bars = axis.bar(positions, values, width, label=label)
         axis.bar_label(bars, fmt="%.1f", fontsize="small")
     axis.set_xticks(range(len(batches)), [f"passes of {batch} pairs" for batch in batches])

@@ -51,7 +51,16 @@ RESULT = {
             }
             for name, rate in (("torch/none", 42.0), ("onnx/none", 46.0), ("onnx/int8", 120.0))
         },
-        "long_tail": {"unsorted_b8": 7.0, "sorted_b8": 19.0, "unsorted_b32": 4.0, "sorted_b32": 18.0},
+        "long_tail": {
+            "unsorted_b8": 7.0,
+            "sorted_b8": 19.0,
+            "unsorted_padding_free_b8": 15.0,
+            "default_b8": 24.0,
+            "unsorted_b32": 4.0,
+            "sorted_b32": 18.0,
+            "unsorted_padding_free_b32": 14.0,
+            "default_b32": 25.0,
+        },
     },
     "default": _service(50.0, p99_ms=60.0),
     "naive": _service(6.0),
@@ -92,8 +101,10 @@ def test_each_target_is_judged_in_its_direction() -> None:
     assert "torch int8 / torch fp32 (raw, batch 32, same rounds)" not in met  # int8 is ONNX int8 only
     assert met["4 workers' PSS / one process (lower is better)"] is True  # 700 / 500
     assert met["p99 at c=1 / raw batch-1 p99 latency, same pairs (lower is better)"] is True  # 60 / 50
-    assert met["long tail: sorted / unsorted, both batch 8 (the naive set-up's)"] is False  # 19 / 7
-    assert met["long tail: sorted / unsorted, both batch 32"] is True  # 18 / 4
+    assert met["long tail: sorted / unsorted, both padded, batch 8 (the naive set-up's)"] is False  # 19 / 7
+    assert met["long tail: sorted / unsorted, both padded, batch 32"] is True  # 18 / 4
+    assert met["long tail: default passes / the naive set-up's (padded, input order), batch 8"] is True  # 24 / 7
+    assert met["long tail: default passes / padded in input order, batch 32"] is True  # 25 / 4
 
 
 def test_each_cache_workload_needs_its_speed_up_and_every_cached_answer_equal(monkeypatch) -> None:

@@ -35,12 +35,22 @@ def distilbert_model_dir(models_root: Path) -> Path:
 
 
 @pytest.mark.parametrize("fixture", ["model_dir", "roberta_model_dir"])
-def test_packed_passes_give_the_logits_of_padded_ones(fixture: str, request: pytest.FixtureRequest) -> None:
+def test_packed_passes_give_the_logits_of_padded_ones(
+    fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     packed, padded = _engines(str(request.getfixturevalue(fixture)))
     assert packed.backend.padding_free and not padded.backend.padding_free
     assert packed.describe()["padding_free"] is True
+    passes: list[int] = []
+    run_packed = padding_free.PaddingFree.__call__
+    monkeypatch.setattr(
+        padding_free.PaddingFree, "__call__", lambda self, inputs: passes.append(1) or run_packed(self, inputs)
+    )
     assert torch.allclose(packed.logits(PAIRS), padded.logits(PAIRS), atol=1e-5)
-    alone = torch.cat([packed.logits([pair]) for pair in PAIRS])  # and a pair alone, as in a pass
+    assert passes  # the pass of unequal pairs ran packed
+    passes.clear()
+    alone = torch.cat([packed.logits([pair]) for pair in PAIRS])  # a pair alone has no padding to drop
+    assert not passes
     assert torch.allclose(alone, packed.logits(PAIRS), atol=1e-5)
 
 

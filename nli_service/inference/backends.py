@@ -93,7 +93,8 @@ class TorchBackend:
             self.start(torch.get_num_threads())
         device = self.model.device
         with torch.inference_mode():
-            if self._packed is not None and "attention_mask" in inputs:
+            mask = inputs.get("attention_mask")
+            if self._packed is not None and mask is not None and not bool(mask.all()):  # no padding: as it is
                 return self._packed(inputs).float().cpu()
             return self.model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
