@@ -70,18 +70,17 @@ def build_model(
     model always predicts a known output index whatever the input.
     """
     id2label = dict(DEFAULT_ID2LABEL if id2label is None else id2label)
-    labels = dict(
-        num_labels=len(id2label), id2label=id2label, label2id={name: index for index, name in id2label.items()}
-    )
     common = dict(
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=max(1, hidden_size // 16),
         intermediate_size=hidden_size * 2,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
         initializer_range=0.05,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        **labels,
     )
     if architecture == "roberta":
         tokenizer = _roberta_tokenizer(folder, max_length=max_positions - 2)
@@ -94,16 +93,13 @@ def build_model(
         )
     elif architecture == "distilbert":
         tokenizer = _bert_tokenizer(folder, max_length=max_positions)
-        config = DistilBertConfig(
+        config = DistilBertConfig(  # its attribute_map takes BERT's names for the sizes
             vocab_size=len(tokenizer),
             max_position_embeddings=max_positions,
-            dim=hidden_size,
-            n_layers=layers,
-            n_heads=max(1, hidden_size // 16),
             hidden_dim=hidden_size * 2,
             dropout=0.0,
             attention_dropout=0.0,
-            **labels,
+            **common,
         )
     else:
         tokenizer = _bert_tokenizer(folder, max_length=max_positions)
