@@ -424,11 +424,16 @@ def _cache_counter(service: Service, name: str = "hits") -> float:
     return sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(f"nli_cache_{name}_total{{"))
 
 
+def batch_bodies(pairs: list[Pair]) -> list[dict]:
+    """/batch-predict bodies of ``CACHE_BODY_PAIRS`` pairs each, in order."""
+    return [{"pairs": as_json(pairs[i : i + CACHE_BODY_PAIRS])} for i in range(0, len(pairs), CACHE_BODY_PAIRS)]
+
+
 def warm_every_worker(service: Service, hot: list[Pair], most_rounds: int = 30) -> int:
     """Send the hot pairs until a whole round of them is answered from the cache: each worker
     has its own in-process cache and gets whichever requests the kernel hands it, so one
     round leaves some workers without some hot pairs. Returns the rounds it took."""
-    bodies = [{"pairs": as_json(hot[i : i + CACHE_BODY_PAIRS])} for i in range(0, len(hot), CACHE_BODY_PAIRS)]
+    bodies = batch_bodies(hot)
     for rounds in range(1, most_rounds + 1):
         misses = _cache_counter(service, "misses")
         _drive(service, "/batch-predict", bodies * DEFAULT_WORKERS, DEFAULT_WORKERS, 600, once=True)
@@ -489,17 +494,12 @@ def measure_cache(common: dict[str, str]) -> dict[str, Any]:
         for _ in range(SERVICE_ROUNDS):
             for workload, (path, concurrency, requests) in CACHE_WORKLOADS.items():
                 bodies = cache_bodies(path, hot, [next(fresh) for _ in range(_fresh_pairs(path, requests))])
+                misses = _cache_counter(services["on"], "misses")
                 for name, service in services.items():
-                    misses = _cache_counter(service, "misses") if name == "on" else 0.0
-                    run = _drive(service, path, bodies, concurrency, 600, once=True)
-                    if name == "on":  # the pairs this run computed: the new half alone
-                        pairs = sum(len(body.get("pairs", [None])) for body in bodies)
-                        run["computed_share"] = (_cache_counter(service, "misses") - misses) / pairs
-                    runs[workload][name].append(run)
-        check_bodies = [
-            {"pairs": as_json(check[i : i + CACHE_BODY_PAIRS])} for i in range(0, check_size, CACHE_BODY_PAIRS)
-        ]
-        result: dict[str, Any] = {"check": check_cached_answers(services["on"], services["off"], check_bodies)}
+                    runs[workload][name].append(_drive(service, path, bodies, concurrency, 600, once=True))
+                on = runs[workload]["on"][-1]  # the pairs it computed: the new half alone
+                on["computed_share"] = (_cache_counter(services["on"], "misses") - misses) / on["pairs"]
+        result: dict[str, Any] = {"check": check_cached_answers(services["on"], services["off"], batch_bodies(check))}
         result["warm_up_rounds"] = warm_up_rounds
     finally:
         for service in services.values():

@@ -100,6 +100,7 @@ def run(
     wall = time.monotonic() - started
     return {
         "requests": len(latencies),
+        "pairs": pairs_done,
         "errors": errors,
         "seconds": round(wall, 3),
         "pairs_per_second": round(pairs_done / wall, 2),

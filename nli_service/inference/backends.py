@@ -69,9 +69,14 @@ class TorchBackend:
         self.model = model
         self.dtype = dtype or model.dtype
         self.variant = f"torch-{str(self.dtype).removeprefix('torch.')}"
-        self.padding_free = padding_free  # asked for; whether it runs is known after start()
+        self._pack = padding_free  # asked for; whether the model allows it is known after start()
         self._packed: PaddingFree | None = None
         self._started = False
+
+    @property
+    def padding_free(self) -> bool:
+        """Whether passes run packed: as asked until start() has checked the model."""
+        return self._packed is not None if self._started else self._pack
 
     @property
     def pad_price(self) -> float:
@@ -83,9 +88,8 @@ class TorchBackend:
             return
         if self.model.dtype != self.dtype:
             self.model.to(self.dtype)
-        if self.padding_free:
+        if self._pack:
             self._packed = PaddingFree.attach(self.model)
-            self.padding_free = self._packed is not None
         self._started = True
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
