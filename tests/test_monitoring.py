@@ -157,8 +157,8 @@ def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> No
 # -- against a running service --------------------------------------------------------------
 
 
-def post_predict(service: RunningService, **headers: str) -> int:
-    return requests.post(f"{service.url}/predict", json=PAIR, headers=headers, timeout=10).status_code
+def post_predict(service: RunningService, pair: dict[str, str] = PAIR, **headers: str) -> int:
+    return requests.post(f"{service.url}/predict", json=pair, headers=headers, timeout=10).status_code
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,9 @@ def monitored_service(model_dir: Path, tmp_path_factory: pytest.TempPathFactory,
         NLI_MODEL=model_dir, NLI_WORKERS=2, NLI_RATE_LIMIT="2/minute", NLI_LOG_DIR=tmp_path_factory.mktemp("logs")
     )
     with module_services.running(GUNICORN, env) as service:
-        statuses = [post_predict(service), post_predict(service, **{"X-Request-Timeout": "0.001"})]
+        # a pair not asked before: the worker that answered PAIR would answer it again from its cache
+        unseen = {"premise": "Two dogs run in the park.", "hypothesis": "The dogs are asleep."}
+        statuses = [post_predict(service), post_predict(service, unseen, **{"X-Request-Timeout": "0.001"})]
         while 429 not in statuses and len(statuses) < 10:  # each worker lets 2 a minute through
             statuses.append(post_predict(service))
         assert statuses[:2] == [200, 408] and statuses[-1] == 429, statuses
